@@ -1,0 +1,2 @@
+//! `cks-controller`: the CKS API endpoint and cluster workflows (work in progress; see the
+//! controller issues).
