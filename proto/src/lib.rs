@@ -14,6 +14,7 @@
 //! node check bundles in exactly the same way.
 
 pub mod ids;
+pub mod iso;
 pub mod manifest;
 pub mod oci;
 pub mod verify;

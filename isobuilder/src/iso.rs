@@ -1,0 +1,152 @@
+//! Writing the ISO with xorriso, byte-reproducibly.
+//!
+//! Every file is mapped from where it already is (the cache), so no staging copy of the tree is
+//! made. Reproducibility comes from fixing every date xorriso records (volume dates, the volume
+//! "uuid", every file's Rock Ridge times) and every owner and mode; libisofs sorts directories
+//! itself, so input order and inode numbers do not matter (see docs/platform notes).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The volume ID stock CKS nodes look for (`blkid -t LABEL=CDROM`).
+pub const VOLUME_ID: &str = "CDROM";
+/// The fixed time recorded for the volume and every file (2023-11-14 22:13:20 UTC).
+const FIXED_EPOCH: &str = "=1700000000";
+/// The fixed volume "uuid" (a date string in ISO 9660).
+const FIXED_UUID: &str = "2023111422132000";
+
+/// One file of the ISO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsoEntry {
+    /// Path inside the ISO, relative, `/`-separated.
+    pub iso_path: String,
+    /// Where the content is on disk.
+    pub source: PathBuf,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// xorriso failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IsoError {
+    /// Not installed.
+    #[error("xorriso is not installed (apt-get install xorriso)")]
+    NotInstalled(#[source] std::io::Error),
+    /// Ran and failed.
+    #[error("xorriso failed with {status}: {stderr}")]
+    Failed {
+        /// Exit status.
+        status: std::process::ExitStatus,
+        /// What it said.
+        stderr: String,
+    },
+}
+
+/// The xorriso arguments that write `entries` to `output`.
+pub fn xorriso_args(entries: &[IsoEntry], output: &Path) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    let mut push = |parts: &[&str]| args.extend(parts.iter().map(Into::into));
+    push(&[
+        "-no_rc",
+        "-report_about",
+        "SORRY",
+        "-abort_on",
+        "FAILURE",
+        "-outdev",
+    ]);
+    args.push(output.into());
+    let mut push = |parts: &[&str]| args.extend(parts.iter().map(Into::into));
+    push(&[
+        "-volid",
+        VOLUME_ID,
+        "-joliet",
+        "on",
+        "-rockridge",
+        "on",
+        "-compliance",
+        "iso_9660_level=3",
+        "-volume_date",
+        "uuid",
+        FIXED_UUID,
+        "-volume_date",
+        "c",
+        FIXED_EPOCH,
+        "-volume_date",
+        "m",
+        FIXED_EPOCH,
+        "-volume_date",
+        "all_file_dates",
+        FIXED_EPOCH,
+        "-iso_nowtime",
+        FIXED_EPOCH,
+    ]);
+    let mut sorted: Vec<&IsoEntry> = entries.iter().collect();
+    sorted.sort_by(|a, b| a.iso_path.cmp(&b.iso_path));
+    for e in &sorted {
+        args.push("-map".into());
+        args.push(e.source.clone().into());
+        args.push(format!("/{}", e.iso_path).into());
+    }
+    for part in [
+        "-chown_r", "0", "/", "--", "-chgrp_r", "0", "/", "--", "-chmod_r", "0755", "/", "--",
+    ] {
+        args.push(part.into());
+    }
+    for e in &sorted {
+        args.push("-chmod".into());
+        args.push(format!("{:o}", e.mode & 0o7777).into());
+        args.push(format!("/{}", e.iso_path).into());
+        args.push("--".into());
+    }
+    args.push("-commit".into());
+    args
+}
+
+/// Writes the ISO to `output` (which must not exist).
+///
+/// # Errors
+/// [`IsoError`] when xorriso is missing or fails.
+pub fn write_iso(entries: &[IsoEntry], output: &Path) -> Result<(), IsoError> {
+    let result = Command::new("xorriso")
+        .args(xorriso_args(entries, output))
+        .output()
+        .map_err(IsoError::NotInstalled)?;
+    if !result.status.success() {
+        return Err(IsoError::Failed {
+            status: result.status,
+            stderr: String::from_utf8_lossy(&result.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_fix_label_dates_and_modes() {
+        let entries = vec![
+            IsoEntry {
+                iso_path: "network.yaml".into(),
+                source: "/c/b".into(),
+                mode: 0o644,
+            },
+            IsoEntry {
+                iso_path: "k8s/kubeadm".into(),
+                source: "/c/a".into(),
+                mode: 0o755,
+            },
+        ];
+        let args: Vec<String> = xorriso_args(&entries, Path::new("/o.iso"))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("-volid CDROM"));
+        assert!(joined.contains("-volume_date all_file_dates =1700000000"));
+        assert!(joined.contains("-map /c/a /k8s/kubeadm -map /c/b /network.yaml"));
+        assert!(joined.contains("-chmod 755 /k8s/kubeadm -- -chmod 644 /network.yaml --"));
+        assert_eq!(args.last().map(String::as_str), Some("-commit"));
+    }
+}
