@@ -621,3 +621,23 @@ path = "manifests/calico.yaml"
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_example_spec_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let spec = ReleaseSpec::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(spec.images.kubeadm);
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "one example per supported minor");
+    }
+}
