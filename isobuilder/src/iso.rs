@@ -94,7 +94,7 @@ pub fn xorriso_args(entries: &[IsoEntry], output: &Path) -> Vec<std::ffi::OsStri
     }
     for e in &sorted {
         args.push("-chmod".into());
-        args.push(format!("{:o}", e.mode & 0o7777).into());
+        args.push(format!("0{:o}", e.mode & 0o7777).into());
         args.push(format!("/{}", e.iso_path).into());
         args.push("--".into());
     }
@@ -146,7 +146,7 @@ mod tests {
         assert!(joined.contains("-volid CDROM"));
         assert!(joined.contains("-volume_date all_file_dates =1700000000"));
         assert!(joined.contains("-map /c/a /k8s/kubeadm -map /c/b /network.yaml"));
-        assert!(joined.contains("-chmod 755 /k8s/kubeadm -- -chmod 644 /network.yaml --"));
+        assert!(joined.contains("-chmod 0755 /k8s/kubeadm -- -chmod 0644 /network.yaml --"));
         assert_eq!(args.last().map(String::as_str), Some("-commit"));
     }
 }

@@ -633,7 +633,8 @@ mod example_tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
-                let spec = ReleaseSpec::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let spec =
+                    ReleaseSpec::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert!(spec.images.kubeadm);
                 seen += 1;
             }

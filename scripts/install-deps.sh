@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what `make test`, `make demo` and `make bench` need on a Debian machine, only when
+# missing. Safe to run again: it does nothing when everything is there.
+set -euo pipefail
+
+# command → Debian package providing it
+declare -A NEED=(
+  [xorriso]=xorriso
+  [containerd]=containerd
+  [ctr]=containerd
+  [runc]=runc
+  [skopeo]=skopeo
+  [docker-registry]=docker-registry
+  [bsdtar]=libarchive-tools
+  [mksquashfs]=squashfs-tools
+  [busybox]=busybox-static
+  [cpio]=cpio
+  [mkfs.ext4]=e2fsprogs
+  [losetup]=mount
+)
+missing=()
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+done
+if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "install-deps: installing ${missing[*]}" >&2
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Python `cs` CloudStack client, in a venv of our own (used by API tests).
+VENV=${CKS_VENV:-$(dirname "$0")/../target/venv}
+if [[ ! -x $VENV/bin/cs ]]; then
+  echo "install-deps: creating $VENV with the cs client" >&2
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q cs
+fi
