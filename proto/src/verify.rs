@@ -206,20 +206,7 @@ pub fn verify_bundle(
     source: &dyn BundleSource,
     options: &VerifyOptions<'_>,
 ) -> Result<VerifiedBundle, VerifyError> {
-    let desc = source.describe();
-    let manifest_bytes = read_small(source, MANIFEST_PATH).map_err(|e| match e {
-        VerifyError::Read { source: io, .. } if io.kind() == io::ErrorKind::NotFound => {
-            VerifyError::ManifestMissing {
-                source_desc: desc.clone(),
-            }
-        }
-        other => other,
-    })?;
-    let manifest =
-        read_manifest(&manifest_bytes).map_err(|source| VerifyError::ManifestInvalid {
-            source_desc: desc.clone(),
-            source,
-        })?;
+    let (manifest_bytes, manifest) = load_manifest(source)?;
     if let Some(expected) = options.expected_arch
         && manifest.arch != expected
     {
@@ -271,19 +258,24 @@ pub fn verify_bundle(
 /// # Errors
 /// [`VerifyError::ManifestMissing`], [`VerifyError::ManifestInvalid`] or a read error.
 pub fn read_bundle_manifest(source: &dyn BundleSource) -> Result<BundleManifest, VerifyError> {
-    let desc = source.describe();
+    load_manifest(source).map(|(_, manifest)| manifest)
+}
+
+/// The manifest's bytes and its parsed form.
+fn load_manifest(source: &dyn BundleSource) -> Result<(Vec<u8>, BundleManifest), VerifyError> {
     let bytes = read_small(source, MANIFEST_PATH).map_err(|e| match e {
         VerifyError::Read { source: io, .. } if io.kind() == io::ErrorKind::NotFound => {
             VerifyError::ManifestMissing {
-                source_desc: desc.clone(),
+                source_desc: source.describe(),
             }
         }
         other => other,
     })?;
-    read_manifest(&bytes).map_err(|source| VerifyError::ManifestInvalid {
-        source_desc: desc,
-        source,
-    })
+    let manifest = read_manifest(&bytes).map_err(|e| VerifyError::ManifestInvalid {
+        source_desc: source.describe(),
+        source: e,
+    })?;
+    Ok((bytes, manifest))
 }
 
 fn check_file_list(
