@@ -1,6 +1,6 @@
 //! Helpers for the isobuilder's end-to-end tests.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use cks_isobuilder::build::{self, BuildOptions, BuildOutput};
 use cks_isobuilder::progress::Progress;
 use cks_isobuilder::spec::ReleaseSpec;
 
-pub use cks_fixtures::upstream::{KUBERNETES, Upstream};
+pub use cks_fixtures::upstream::Upstream;
 
 /// Starts an upstream with `auth` (panics with the fixture's error otherwise).
 pub fn upstream(auth: RegistryAuth) -> Upstream {
