@@ -16,10 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use cks_proto::manifest::{BundleManifest, FileKind, ImageEntry};
-use cks_proto::verify::BundleSource;
+use cks_proto::verify::{BundleSource, HashingReader};
 use tracing::info;
-
-use crate::install::CheckingReader;
 
 /// The containerd namespace Kubernetes' CRI uses.
 pub const K8S_NAMESPACE: &str = "k8s.io";
@@ -290,7 +288,7 @@ pub fn import_images(
                 archive: archive.path.clone(),
                 source,
             })?;
-        let mut checking = CheckingReader::new(reader);
+        let mut checking = HashingReader::new(reader);
         store.import(&archive.path, &mut checking)?;
         let (size, digest) = checking.finish();
         if size != archive.size || digest != archive.sha256 {

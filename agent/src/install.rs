@@ -34,8 +34,7 @@ use std::path::{Component, Path, PathBuf};
 
 use cks_proto::ids::Sha256Digest;
 use cks_proto::manifest::{BundleManifest, FileEntry, FileKind, MANIFEST_PATH};
-use cks_proto::verify::BundleSource;
-use sha2::{Digest, Sha256};
+use cks_proto::verify::{BundleSource, HashingReader};
 use tempfile::NamedTempFile;
 use tracing::{debug, info};
 
@@ -180,7 +179,7 @@ fn stage_entry(
         .file_name()
         .map(PathBuf::from)
         .unwrap_or_else(|| relative.clone());
-    let mut reader = CheckingReader::new(bundle.open(&entry.path).map_err(read_error)?);
+    let mut reader = HashingReader::new(bundle.open(&entry.path).map_err(read_error)?);
     match entry.kind {
         FileKind::KubernetesBinary => {
             let dest = paths.install_dir.join(&file_name);
@@ -373,36 +372,6 @@ impl Staging {
                 })?;
         }
         Ok(installed)
-    }
-}
-
-/// A reader that hashes and counts what passes through it.
-pub(crate) struct CheckingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<R: Read> CheckingReader<R> {
-    pub(crate) fn new(inner: R) -> Self {
-        CheckingReader {
-            inner,
-            hasher: Sha256::new(),
-            size: 0,
-        }
-    }
-
-    pub(crate) fn finish(self) -> (u64, Sha256Digest) {
-        (self.size, Sha256Digest::from_hasher(self.hasher))
-    }
-}
-
-impl<R: Read> Read for CheckingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
     }
 }
 

@@ -223,7 +223,7 @@ pub fn verify_bundle(
         let reader = source
             .open(&file.path)
             .map_err(|e| read_error(&file.path, e))?;
-        let mut hashing = HashingReader::new(reader, options.on_bytes);
+        let mut hashing = HashingReader::with_progress(reader, options.on_bytes);
         if file.kind == FileKind::ImageArchive {
             check_archive(&mut hashing, &file.path, &manifest)?;
         }
@@ -494,8 +494,9 @@ fn read_error(path: &str, source: io::Error) -> VerifyError {
     }
 }
 
-/// A reader that hashes and counts what passes through it.
-struct HashingReader<'a, R> {
+/// A reader that hashes and counts what passes through it: how a bundle file is checked while
+/// it is being read for another purpose (verification here, installation in the agent).
+pub struct HashingReader<'a, R> {
     inner: R,
     hasher: Sha256,
     size: u64,
@@ -503,7 +504,13 @@ struct HashingReader<'a, R> {
 }
 
 impl<'a, R: Read> HashingReader<'a, R> {
-    fn new(inner: R, on_bytes: Option<&'a (dyn Fn(u64) + Sync)>) -> Self {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> Self {
+        Self::with_progress(inner, None)
+    }
+
+    /// Wraps `inner`, reporting each read's byte count to `on_bytes`.
+    pub fn with_progress(inner: R, on_bytes: Option<&'a (dyn Fn(u64) + Sync)>) -> Self {
         HashingReader {
             inner,
             hasher: Sha256::new(),
@@ -512,7 +519,8 @@ impl<'a, R: Read> HashingReader<'a, R> {
         }
     }
 
-    fn finish(self) -> (u64, Sha256Digest) {
+    /// Bytes read so far and their SHA-256.
+    pub fn finish(self) -> (u64, Sha256Digest) {
         (self.size, Sha256Digest::from_hasher(self.hasher))
     }
 }
