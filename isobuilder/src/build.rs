@@ -329,16 +329,11 @@ async fn fetch_file(
             }
         }
         Origin::Local(path) => {
-            let url = format!("file://{}", path.display());
             let expected = match &plan.checksum {
-                Checksum::Pinned(d) => Some(d.clone()),
+                Checksum::Pinned(d) => Some(d),
                 _ => None,
             };
-            // A local file is read even offline: it is an input, not a download.
-            HttpFetcher::new(reqwest::Client::new(), cache.clone(), false)
-                .fetch(&url, expected.as_ref(), &bar)
-                .await
-                .map_err(fail)?
+            http.fetch_local(path, expected).await.map_err(fail)?
         }
         Origin::Url(url) => {
             let expected = match &plan.checksum {

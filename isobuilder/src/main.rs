@@ -9,7 +9,7 @@ use cks_isobuilder::build::{self, BuildOptions};
 use cks_isobuilder::cache::Cache;
 use cks_isobuilder::inspect;
 use cks_isobuilder::progress::Progress;
-use cks_isobuilder::spec::ReleaseSpec;
+use cks_isobuilder::spec::{ReleaseSpec, SpecError};
 use clap::{Parser, Subcommand};
 
 /// Exit code for bad usage (as sysexits' EX_USAGE).
@@ -163,12 +163,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Build { spec, common } => {
-            let spec = match ReleaseSpec::load(&spec) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {}", cks_isobuilder::fetch::error_chain(&e));
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
+            let Some(spec) = valid_spec(ReleaseSpec::load(&spec)) else {
+                return Ok(ExitCode::from(EXIT_USAGE));
             };
             run_build(&spec, common.out, &common.cks)
         }
@@ -197,12 +193,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             text.push_str(&format!(
                 "[[manifests]]\nfile = \"network.yaml\"\nurl = {network_yaml_url:?}\n[[manifests]]\nfile = \"dashboard.yaml\"\nurl = {dashboard_yaml_url:?}\n"
             ));
-            let spec = match ReleaseSpec::parse(&text, std::path::Path::new(".")) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {}", cks_isobuilder::fetch::error_chain(&e));
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
+            let Some(spec) = valid_spec(ReleaseSpec::parse(&text, std::path::Path::new(".")))
+            else {
+                return Ok(ExitCode::from(EXIT_USAGE));
             };
             run_build(&spec, output_path, &common)
         }
@@ -250,12 +243,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             cache,
             offline,
         } => {
-            let spec = match ReleaseSpec::load(&spec) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("error: {}", cks_isobuilder::fetch::error_chain(&e));
-                    return Ok(ExitCode::from(EXIT_USAGE));
-                }
+            let Some(spec) = valid_spec(ReleaseSpec::load(&spec)) else {
+                return Ok(ExitCode::from(EXIT_USAGE));
             };
             let cache = cache.unwrap_or_else(Cache::default_dir);
             let images = runtime()?.block_on(build::list_images(&spec, &cache, offline))?;
@@ -265,6 +254,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The spec, or `None` after printing why it is invalid (a usage error).
+fn valid_spec(result: Result<ReleaseSpec, SpecError>) -> Option<ReleaseSpec> {
+    result
+        .map_err(|e| eprintln!("error: {}", cks_isobuilder::fetch::error_chain(&e)))
+        .ok()
 }
 
 fn run_build(spec: &ReleaseSpec, out: PathBuf, args: &CksArgs) -> anyhow::Result<ExitCode> {

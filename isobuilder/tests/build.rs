@@ -542,3 +542,29 @@ fn the_images_command_lists_what_would_be_bundled() {
     expected.sort();
     assert_eq!(listed, expected);
 }
+
+#[test]
+fn local_manifest_paths_are_read_even_offline() {
+    let up = upstream(RegistryAuth::None);
+    let work = tempfile::tempdir().unwrap();
+    let local = work.path().join("calico.yaml");
+    std::fs::write(&local, cks_fixtures::release::network_yaml(&up.versions)).unwrap();
+    let network_url = format!(
+        "url = \"{}{}\"",
+        up.files.url(),
+        cks_fixtures::release::NETWORK_YAML_PATH
+    );
+    let text = up
+        .spec_text("amd64")
+        .replace(&network_url, &format!("path = \"{}\"", local.display()));
+    let spec = cks_isobuilder::spec::ReleaseSpec::parse(&text, std::path::Path::new(".")).unwrap();
+    let cache = work.path().join("cache");
+    let online = build(&spec, &options(&work.path().join("a"), &cache)).unwrap();
+    let entry = online.manifest.file("network.yaml").unwrap();
+    assert_eq!(entry.source, format!("file://{}", local.display()));
+
+    let mut opts = options(&work.path().join("b"), &cache);
+    opts.offline = true;
+    let offline = build(&spec, &opts).unwrap();
+    assert_eq!(offline.sha256, online.sha256);
+}

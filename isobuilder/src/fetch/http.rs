@@ -52,18 +52,8 @@ impl HttpFetcher {
         expected: Option<&Sha256Digest>,
         bar: &ProgressBar,
     ) -> Result<Fetched, FetchError> {
-        if let Some(d) = expected
-            && self.cache.has_blob(d, None)
-        {
-            let size = self
-                .cache
-                .blob_size(d)
-                .map_err(|e| FetchError::io("stat", d, e))?;
-            self.record(url, d, size)?;
-            return Ok(Fetched {
-                sha256: d.clone(),
-                size,
-            });
+        if let Some(hit) = self.cached(url, expected)? {
+            return Ok(hit);
         }
         if self.offline {
             if expected.is_none()
@@ -99,6 +89,48 @@ impl HttpFetcher {
         };
         self.record(url, &sha256, size)?;
         Ok(Fetched { sha256, size })
+    }
+
+    /// Makes a local input file available in the cache, checked against `expected` when given.
+    ///
+    /// A local file is an input, not a download: it is read even when offline.
+    ///
+    /// # Errors
+    /// [`FetchError`]: unreadable file, or checksum mismatch (nothing is kept).
+    pub async fn fetch_local(
+        &self,
+        path: &std::path::Path,
+        expected: Option<&Sha256Digest>,
+    ) -> Result<Fetched, FetchError> {
+        let url = format!("file://{}", path.display());
+        if let Some(hit) = self.cached(&url, expected)? {
+            return Ok(hit);
+        }
+        let (sha256, size) = self
+            .copy_local(&url, &path.to_string_lossy(), expected)
+            .await?;
+        self.record(&url, &sha256, size)?;
+        Ok(Fetched { sha256, size })
+    }
+
+    /// The cached blob for `expected`, if present (recorded as what `url` gave).
+    fn cached(
+        &self,
+        url: &str,
+        expected: Option<&Sha256Digest>,
+    ) -> Result<Option<Fetched>, FetchError> {
+        let Some(d) = expected.filter(|d| self.cache.has_blob(d, None)) else {
+            return Ok(None);
+        };
+        let size = self
+            .cache
+            .blob_size(d)
+            .map_err(|e| FetchError::io("stat", d, e))?;
+        self.record(url, d, size)?;
+        Ok(Some(Fetched {
+            sha256: d.clone(),
+            size,
+        }))
     }
 
     /// Fetches a small text file (a published checksum), cached like any other download.

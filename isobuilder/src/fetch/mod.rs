@@ -192,9 +192,6 @@ where
     if let Some(len) = response.content_length() {
         bar.inc_length(len);
     }
-    if append {
-        bar.inc(0);
-    }
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
         .write(true)

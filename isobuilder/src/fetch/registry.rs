@@ -256,7 +256,8 @@ impl RegistryClient {
                     variant: p.variant,
                 },
             );
-            self.store_manifest(image, &bytes, media_type, platform)?
+            let parsed = parse_manifest(image, &bytes)?;
+            self.store_manifest(image, &bytes, parsed, media_type, platform)?
         } else {
             let parsed = parse_manifest(image, &bytes)?;
             // A single-platform image: its config says what it is for.
@@ -297,7 +298,7 @@ impl RegistryClient {
                 architecture: found_arch,
                 variant: cfg.variant,
             };
-            self.store_manifest(image, &bytes, media_type, platform)?
+            self.store_manifest(image, &bytes, parsed, media_type, platform)?
         };
         self.cache
             .put_record(RecordKind::Ref, &record_key, &resolved)
@@ -364,10 +365,10 @@ impl RegistryClient {
         &self,
         image: &ImageRef,
         bytes: &[u8],
+        parsed: ImageManifest,
         media_type: String,
         platform: Platform,
     ) -> Result<ResolvedImage, FetchError> {
-        let parsed = parse_manifest(image, bytes)?;
         let digest = self
             .cache
             .put_bytes(bytes)
