@@ -509,17 +509,13 @@ pub async fn build(spec: &ReleaseSpec, options: &BuildOptions) -> Result<BuildOu
     let mut missing = Vec::new();
 
     // 1. Files.
-    let mut tasks = JoinSet::new();
-    for plan in plan_files(spec) {
-        let (http, cache, bar, limit) = (http.clone(), cache.clone(), bar.clone(), limit.clone());
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            fetch_file(plan, http, cache, bar).await
-        });
-    }
+    let fetched = for_each_limited(&limit, plan_files(spec), |plan| {
+        fetch_file(plan, http.clone(), cache.clone(), bar.clone())
+    })
+    .await;
     let mut files = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())) {
+    for result in fetched {
+        match result {
             Ok(done) => files.push(done),
             Err(BuildError::Fetch {
                 what,
@@ -537,27 +533,19 @@ pub async fn build(spec: &ReleaseSpec, options: &BuildOptions) -> Result<BuildOu
         .map(|f| (f.plan.iso_path.clone(), f.images.clone()))
         .collect();
     let refs = image_list(spec, &manifest_images)?;
-    let mut tasks = JoinSet::new();
-    for image in refs.clone() {
-        let (registry, limit, arch) = (registry.clone(), limit.clone(), spec.arch);
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let resolved = registry.resolve(&image, arch).await;
-            (image, resolved)
-        });
-    }
+    let arch = spec.arch;
+    let outcomes = for_each_limited(&limit, refs, |image| {
+        let registry = registry.clone();
+        async move {
+            let result = registry.resolve(&image, arch).await;
+            (image, result)
+        }
+    })
+    .await;
     let mut resolved: Vec<(ImageRef, ResolvedImage)> = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (image, result) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        match result {
-            Ok(r) => resolved.push((image, r)),
-            Err(FetchError::NotCached { what }) => missing.push(what),
-            Err(source) => {
-                return Err(BuildError::Fetch {
-                    what: format!("image {image}"),
-                    source,
-                });
-            }
+    for (image, result) in outcomes {
+        if let Some(r) = image_outcome(&image, result, &mut missing)? {
+            resolved.push((image, r));
         }
     }
     resolved.sort_by(|a, b| a.1.reference.cmp(&b.1.reference));
@@ -571,27 +559,16 @@ pub async fn build(spec: &ReleaseSpec, options: &BuildOptions) -> Result<BuildOu
                 .or_insert_with(|| (image.clone(), d.clone()));
         }
     }
-    let mut tasks = JoinSet::new();
-    for (_, (image, descriptor)) in blobs.clone() {
-        let (registry, limit, bar) = (registry.clone(), limit.clone(), bar.clone());
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await;
+    let outcomes = for_each_limited(&limit, blobs.into_values(), |(image, descriptor)| {
+        let (registry, bar) = (registry.clone(), bar.clone());
+        async move {
             let result = registry.fetch_blob(&image, &descriptor, &bar).await;
             (image, result)
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        let (image, result) = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        match result {
-            Ok(()) => {}
-            Err(FetchError::NotCached { what }) => missing.push(what),
-            Err(source) => {
-                return Err(BuildError::Fetch {
-                    what: format!("image {image}"),
-                    source,
-                });
-            }
         }
+    })
+    .await;
+    for (image, result) in outcomes {
+        image_outcome(&image, result, &mut missing)?;
     }
     bar.finish_and_clear();
     if !missing.is_empty() {
@@ -800,6 +777,50 @@ pub async fn build(spec: &ReleaseSpec, options: &BuildOptions) -> Result<BuildOu
         size,
         manifest,
     })
+}
+
+/// Runs `task` on every item, at most `limit` at a time; returns the outputs in completion
+/// order. A panicking task panics the caller.
+async fn for_each_limited<I, T, F, Fut>(limit: &Arc<Semaphore>, items: I, task: F) -> Vec<T>
+where
+    I: IntoIterator,
+    F: Fn(I::Item) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    for item in items {
+        let (limit, work) = (limit.clone(), task(item));
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            work.await
+        });
+    }
+    let mut outputs = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        outputs.push(joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
+    }
+    outputs
+}
+
+/// Sorts one image step's result: the value, a missing input noted for `--offline`, or the
+/// build's error naming the image.
+fn image_outcome<T>(
+    image: &ImageRef,
+    result: Result<T, FetchError>,
+    missing: &mut Vec<String>,
+) -> Result<Option<T>, BuildError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(FetchError::NotCached { what }) => {
+            missing.push(what);
+            Ok(None)
+        }
+        Err(source) => Err(BuildError::Fetch {
+            what: format!("image {image}"),
+            source,
+        }),
+    }
 }
 
 /// Builds (or reuses from the cache) the archive of `images`; its content is fully determined by
