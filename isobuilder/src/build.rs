@@ -737,19 +737,11 @@ pub async fn build(spec: &ReleaseSpec, options: &BuildOptions) -> Result<BuildOu
     let written = write
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp_path);
-        return Err(e.into());
-    }
-    let hashed = crate::fetch::hash_file(&tmp_path).await;
-    let (sha256, size) = match hashed {
-        Ok(h) => h,
+    let (sha256, size) = match written {
+        Ok(done) => done,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp_path);
-            return Err(BuildError::Fetch {
-                what: "the written ISO".into(),
-                source: e,
-            });
+            return Err(e.into());
         }
     };
     spinner.finish_and_clear();
@@ -757,9 +749,6 @@ pub async fn build(spec: &ReleaseSpec, options: &BuildOptions) -> Result<BuildOu
         let path = path.to_path_buf();
         move |source| BuildError::Output { path, source }
     };
-    std::fs::File::open(&tmp_path)
-        .and_then(|f| f.sync_all())
-        .map_err(output_error(&tmp_path))?;
     std::fs::rename(&tmp_path, &final_path).map_err(output_error(&final_path))?;
     let sha256_file = options.out_dir.join(format!("{file_name}.sha256"));
     let sha_tmp = options.out_dir.join(format!(".{file_name}.sha256.tmp"));

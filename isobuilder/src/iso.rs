@@ -5,8 +5,12 @@
 //! "uuid", every file's Rock Ridge times) and every owner and mode; libisofs sorts directories
 //! itself, so input order and inode numbers do not matter (see docs/platform notes).
 
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+
+use cks_proto::ids::Sha256Digest;
+use sha2::{Digest, Sha256};
 
 /// The volume ID stock CKS nodes look for (`blkid -t LABEL=CDROM`).
 pub const VOLUME_ID: &str = "CDROM";
@@ -32,6 +36,9 @@ pub enum IsoError {
     /// Not installed.
     #[error("xorriso is not installed (apt-get install xorriso)")]
     NotInstalled(#[source] std::io::Error),
+    /// The image could not be written.
+    #[error("failed to write the image")]
+    Write(#[source] io::Error),
     /// Ran and failed.
     #[error("xorriso failed with {status}: {stderr}")]
     Failed {
@@ -43,19 +50,19 @@ pub enum IsoError {
 }
 
 /// The xorriso arguments that write `entries` to `output`.
-pub fn xorriso_args(entries: &[IsoEntry], output: &Path) -> Vec<std::ffi::OsString> {
+pub fn xorriso_args(entries: &[IsoEntry]) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = Vec::new();
     let mut push = |parts: &[&str]| args.extend(parts.iter().map(Into::into));
+    // Writing to stdout must be xorriso's very first argument.
     push(&[
+        "-outdev",
+        "-",
         "-no_rc",
         "-report_about",
         "SORRY",
         "-abort_on",
         "FAILURE",
-        "-outdev",
     ]);
-    args.push(output.into());
-    let mut push = |parts: &[&str]| args.extend(parts.iter().map(Into::into));
     push(&[
         "-volid",
         VOLUME_ID,
@@ -102,22 +109,60 @@ pub fn xorriso_args(entries: &[IsoEntry], output: &Path) -> Vec<std::ffi::OsStri
     args
 }
 
-/// Writes the ISO to `output` (which must not exist).
+/// Writes the ISO to `output`, hashing it as xorriso streams it (no second read).
 ///
 /// # Errors
-/// [`IsoError`] when xorriso is missing or fails.
-pub fn write_iso(entries: &[IsoEntry], output: &Path) -> Result<(), IsoError> {
-    let result = Command::new("xorriso")
-        .args(xorriso_args(entries, output))
-        .output()
+/// [`IsoError`] when xorriso is missing or fails, or `output` cannot be written.
+pub fn write_iso(entries: &[IsoEntry], output: &Path) -> Result<(Sha256Digest, u64), IsoError> {
+    let mut child = Command::new("xorriso")
+        .args(xorriso_args(entries))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(IsoError::NotInstalled)?;
-    if !result.status.success() {
+    // Drain stderr beside the copy so that neither pipe can fill up and block xorriso.
+    let stderr = child.stderr.take().map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    });
+    let copied = child
+        .stdout
+        .take()
+        .ok_or_else(|| IsoError::Write(io::Error::other("xorriso has no stdout")))
+        .and_then(|stdout| copy_hashing(stdout, output).map_err(IsoError::Write));
+    let status = child.wait().map_err(IsoError::Write)?;
+    let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    if !status.success() {
         return Err(IsoError::Failed {
-            status: result.status,
-            stderr: String::from_utf8_lossy(&result.stderr).trim().to_string(),
+            status,
+            stderr: stderr.trim().to_string(),
         });
     }
-    Ok(())
+    copied
+}
+
+fn copy_hashing(mut from: impl Read, output: &Path) -> io::Result<(Sha256Digest, u64)> {
+    let mut file = std::fs::File::create(output)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+    file.sync_all()?;
+    Ok((Sha256Digest::from_hasher(hasher), size))
 }
 
 #[cfg(test)]
@@ -138,7 +183,7 @@ mod tests {
                 mode: 0o755,
             },
         ];
-        let args: Vec<String> = xorriso_args(&entries, Path::new("/o.iso"))
+        let args: Vec<String> = xorriso_args(&entries)
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
