@@ -9,7 +9,7 @@ use cks_isobuilder::build::{self, BuildOptions};
 use cks_isobuilder::cache::Cache;
 use cks_isobuilder::inspect;
 use cks_isobuilder::progress::Progress;
-use cks_isobuilder::spec::{ReleaseSpec, SpecError};
+use cks_isobuilder::spec::{CksScriptArgs, ReleaseSpec, SpecError};
 use clap::{Parser, Subcommand};
 
 /// Exit code for bad usage (as sysexits' EX_USAGE).
@@ -180,21 +180,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             etcd_version,
             common,
         } => {
-            let mut text = format!(
-                "kubernetes = {kubernetes_version:?}\ncni_plugins = {cni_version:?}\ncrictl = {crictl_version:?}\narch = {:?}\n",
-                arch.unwrap_or_else(|| "amd64".into())
-            );
-            if let Some(name) = build_name {
-                text.push_str(&format!("name = {name:?}\n"));
-            }
-            if let Some(etcd) = etcd_version {
-                text.push_str(&format!("etcd = {etcd:?}\n"));
-            }
-            text.push_str(&format!(
-                "[[manifests]]\nfile = \"network.yaml\"\nurl = {network_yaml_url:?}\n[[manifests]]\nfile = \"dashboard.yaml\"\nurl = {dashboard_yaml_url:?}\n"
-            ));
-            let Some(spec) = valid_spec(ReleaseSpec::parse(&text, std::path::Path::new(".")))
-            else {
+            let args = CksScriptArgs {
+                kubernetes: kubernetes_version,
+                cni_plugins: cni_version,
+                crictl: crictl_version,
+                network_url: network_yaml_url,
+                dashboard_url: dashboard_yaml_url,
+                name: build_name,
+                arch,
+                etcd: etcd_version,
+            };
+            let Some(spec) = valid_spec(ReleaseSpec::from_cks_script(&args)) else {
                 return Ok(ExitCode::from(EXIT_USAGE));
             };
             run_build(&spec, output_path, &common)

@@ -486,6 +486,65 @@ impl ReleaseSpec {
     }
 }
 
+/// The positional arguments of CloudStack's `create-kubernetes-binaries-iso.sh`, in its order.
+#[derive(Debug, Clone, Default)]
+pub struct CksScriptArgs {
+    /// Kubernetes version.
+    pub kubernetes: String,
+    /// CNI plugins version.
+    pub cni_plugins: String,
+    /// crictl version.
+    pub crictl: String,
+    /// URL of the CNI manifest (becomes `network.yaml`).
+    pub network_url: String,
+    /// URL of the dashboard manifest (becomes `dashboard.yaml`).
+    pub dashboard_url: String,
+    /// ISO base name.
+    pub name: Option<String>,
+    /// Architecture (`x86_64`, `amd64`, `aarch64`, `arm64`).
+    pub arch: Option<String>,
+    /// etcd version.
+    pub etcd: Option<String>,
+}
+
+impl ReleaseSpec {
+    /// The spec the script's arguments describe: upstream sources, kubeadm's image set and the
+    /// images of the two manifests.
+    ///
+    /// # Errors
+    /// [`SpecError::Invalid`] listing every bad argument.
+    pub fn from_cks_script(args: &CksScriptArgs) -> Result<Self, SpecError> {
+        let mut table = toml::Table::new();
+        let mut set = |key: &str, value: &str| {
+            table.insert(key.to_string(), toml::Value::String(value.to_string()));
+        };
+        set("kubernetes", &args.kubernetes);
+        set("cni_plugins", &args.cni_plugins);
+        set("crictl", &args.crictl);
+        set("arch", args.arch.as_deref().unwrap_or("amd64"));
+        if let Some(name) = &args.name {
+            set("name", name);
+        }
+        if let Some(etcd) = &args.etcd {
+            set("etcd", etcd);
+        }
+        let manifest = |file: &str, url: &str| {
+            let mut m = toml::Table::new();
+            m.insert("file".into(), toml::Value::String(file.into()));
+            m.insert("url".into(), toml::Value::String(url.into()));
+            toml::Value::Table(m)
+        };
+        table.insert(
+            "manifests".into(),
+            toml::Value::Array(vec![
+                manifest("network.yaml", &args.network_url),
+                manifest("dashboard.yaml", &args.dashboard_url),
+            ]),
+        );
+        Self::parse(&table.to_string(), Path::new("."))
+    }
+}
+
 fn check_template(problems: &mut Vec<String>, field: &str, template: &str) {
     let scheme_ok = ["http://", "https://", "file://"]
         .iter()
@@ -606,6 +665,40 @@ path = "manifests/calico.yaml"
             spec.manifests[0].origin,
             ManifestOrigin::Path(PathBuf::from("/specs/manifests/calico.yaml"))
         );
+    }
+
+    #[test]
+    fn cks_script_arguments_become_a_spec() {
+        let args = CksScriptArgs {
+            kubernetes: "1.33.1".into(),
+            cni_plugins: "1.6.2".into(),
+            crictl: "1.33.0".into(),
+            network_url: "https://example.invalid/calico \"v3\".yaml".into(),
+            dashboard_url: "https://example.invalid/dashboard.yaml".into(),
+            arch: Some("aarch64".into()),
+            etcd: Some("3.5.21".into()),
+            ..CksScriptArgs::default()
+        };
+        let spec = ReleaseSpec::from_cks_script(&args).unwrap();
+        assert_eq!(spec.iso_file_name(), "setup-v1.33.1-aarch64.iso");
+        assert_eq!(spec.etcd, Some("3.5.21".parse().unwrap()));
+        assert_eq!(
+            spec.manifests[0].origin,
+            ManifestOrigin::Url("https://example.invalid/calico \"v3\".yaml".into())
+        );
+        assert_eq!(spec.manifests[1].file, "dashboard.yaml");
+        assert!(spec.images.kubeadm);
+
+        let bad = CksScriptArgs {
+            kubernetes: "1.33".into(),
+            arch: Some("s390x".into()),
+            ..args
+        };
+        let SpecError::Invalid { problems, .. } = ReleaseSpec::from_cks_script(&bad).unwrap_err()
+        else {
+            panic!("expected Invalid")
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]

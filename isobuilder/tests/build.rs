@@ -568,3 +568,33 @@ fn local_manifest_paths_are_read_even_offline() {
     let offline = build(&spec, &opts).unwrap();
     assert_eq!(offline.sha256, online.sha256);
 }
+
+#[test]
+fn the_cks_subcommand_takes_the_scripts_arguments_and_reports_bad_ones_as_usage_errors() {
+    let out = Command::new(isobuilder_bin())
+        .args([
+            "cks",
+            "/tmp",
+            "1.33",
+            "1.6.2",
+            "1.33.0",
+            "https://x/n.yaml",
+            "https://x/d.yaml",
+            "setup",
+            "s390x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("kubernetes: invalid version") && stderr.contains("s390x"),
+        "{stderr}"
+    );
+
+    let missing = Command::new(isobuilder_bin())
+        .args(["cks", "/tmp", "1.33.1"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(64));
+}
