@@ -226,7 +226,8 @@ const INIT_FLAGS: &[(&str, bool)] = &[
 ];
 
 fn init(args: &[String], env: &Env) -> Step {
-    let f = parse(INIT_FLAGS, args)?;
+    let mut f = parse(INIT_FLAGS, args)?;
+    crate::config::merge(&mut f, "init").map_err(Failure)?;
     if let Some(extra) = f.args.first() {
         return fail(format!("unknown command \"{extra}\" for \"kubeadm init\""));
     }
@@ -431,7 +432,8 @@ const JOIN_FLAGS: &[(&str, bool)] = &[
 ];
 
 fn join(args: &[String], env: &Env) -> Step {
-    let f = parse(JOIN_FLAGS, args)?;
+    let mut f = parse(JOIN_FLAGS, args)?;
+    crate::config::merge(&mut f, "join").map_err(Failure)?;
     let Some(endpoint) = f.args.first().cloned() else {
         return fail("discovery: Invalid value: \"\": bootstrapToken or file must be set");
     };

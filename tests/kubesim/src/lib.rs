@@ -7,6 +7,9 @@
 //! failures (a second `init` or `join` fails preflight; a wrong token or CA hash is refused; an
 //! expired token or certificate key is refused) and exit codes.
 //!
+//! Secrets can be given in a `--config` file instead of flags ([`config`]), as the agent does so
+//! that tokens and keys never appear in process arguments.
+//!
 //! Two environment variables replace what a real machine has:
 //! * `KUBESIM_ROOT`: the node's root directory; every path is below it (required, so the
 //!   stand-in can never write to the real `/etc`).
@@ -14,5 +17,6 @@
 //!   the API server's state (bootstrap tokens, the uploaded certificates' key, the CA hash, nodes).
 
 pub mod cluster;
+pub mod config;
 pub mod flags;
 pub mod kubeadm;

@@ -362,3 +362,58 @@ fn the_binary_refuses_to_run_without_a_test_root() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown flag: --unknown"));
 }
+
+#[test]
+fn secrets_can_come_from_a_config_file_instead_of_arguments() {
+    let c = Cluster::new();
+    let cp = c.node("cp-0");
+    let init_cfg = c.dir.path().join("init.yaml");
+    std::fs::write(
+        &init_cfg,
+        format!(
+            "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nbootstrapTokens:\n- token: {TOKEN}\n  ttl: 1h0m0s\ncertificateKey: {KEY}\nnodeRegistration:\n  name: cp-0\n---\napiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\ncontrolPlaneEndpoint: 203.0.113.10:6443\napiServer:\n  certSANs: [203.0.113.10, api.example]\nnetworking:\n  podSubnet: 10.244.0.0/16\n"
+        ),
+    )
+    .unwrap();
+    let cfg = init_cfg.to_str().unwrap();
+    refused(
+        &c.kubeadm(&cp, &["init", "--config", cfg, "--token", TOKEN]),
+        "can not mix '--config' with arguments",
+    );
+    let stdout = ok(&c.kubeadm(&cp, &["init", "--config", cfg, "--upload-certs"])).to_string();
+    let hash = printed_hash(&stdout);
+    assert!(stdout.contains(&format!("--token {TOKEN}")));
+    let apiserver = std::fs::read_to_string(node_path(
+        &cp,
+        "/etc/kubernetes/manifests/kube-apiserver.yaml",
+    ))
+    .unwrap();
+    assert!(apiserver.contains("api.example"));
+
+    let join_cfg = |name: &str, control_plane: bool| {
+        let path = c.dir.path().join(format!("join-{name}.yaml"));
+        let cp_part = if control_plane {
+            format!("controlPlane:\n  certificateKey: {KEY}\n")
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: kubeadm.k8s.io/v1beta4\nkind: JoinConfiguration\ndiscovery:\n  bootstrapToken:\n    apiServerEndpoint: 203.0.113.10:6443\n    token: {TOKEN}\n    caCertHashes: [\"{hash}\"]\n{cp_part}nodeRegistration:\n  name: {name}\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let w = c.node("w-0");
+    let cfg = join_cfg("w-0", false);
+    ok(&c.kubeadm(&w, &["join", "--config", cfg.to_str().unwrap()]));
+    assert!(!node_path(&w, "/etc/kubernetes/admin.conf").exists());
+    let cp1 = c.node("cp-1");
+    let cfg = join_cfg("cp-1", true);
+    ok(&c.kubeadm(&cp1, &["join", "--config", cfg.to_str().unwrap()]));
+    assert!(node_path(&cp1, "/etc/kubernetes/admin.conf").is_file());
+    let state = std::fs::read_to_string(c.dir.path().join("cluster/cluster.json")).unwrap();
+    assert!(state.contains("\"w-0\"") && state.contains("\"cp-1\""));
+}
