@@ -26,6 +26,7 @@ pub mod config;
 pub mod images;
 pub mod install;
 pub mod journal;
+pub mod kube;
 
 use std::io::Read;
 use std::time::Duration;
