@@ -1,0 +1,319 @@
+//! Accounts, users, keys, tags, settings and async job queries.
+
+use serde_json::{Value, json};
+
+use super::{Ctx, Outcome, account, domain_id, list_response};
+use crate::error::ApiError;
+use crate::model::{Db, Job, Tag, User};
+
+fn render_user(db: &Db, u: &User) -> Value {
+    let acct = account(db, &u.account_id);
+    json!({
+        "id": u.id,
+        "username": u.username,
+        "firstname": u.username,
+        "lastname": "cloudsim",
+        "email": format!("{}@cloudsim.invalid", u.username),
+        "accountid": u.account_id,
+        "account": acct.map(|a| a.name.clone()),
+        "accounttype": acct.map(|a| if a.admin { 1 } else { 0 }),
+        "roletype": acct.map(|a| if a.admin { "Admin" } else { "User" }),
+        "domainid": domain_id(db),
+        "domain": "ROOT",
+        "state": "enabled",
+        "created": u.created,
+        "apikey": u.api_key,
+    })
+}
+
+/// `listAccounts`: a user sees its own account, an admin all.
+pub(super) fn list_accounts(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let items = ctx
+        .db
+        .accounts
+        .iter()
+        .filter(|a| ctx.caller.admin || a.id == ctx.caller.account_id)
+        .filter(|a| ctx.filter_matches("id", &a.id) && ctx.filter_matches("name", &a.name))
+        .map(|a| {
+            let users: Vec<Value> = ctx
+                .db
+                .users
+                .iter()
+                .filter(|u| u.account_id == a.id)
+                .map(|u| render_user(ctx.db, u))
+                .collect();
+            json!({
+                "id": a.id,
+                "name": a.name,
+                "accounttype": if a.admin { 1 } else { 0 },
+                "roletype": if a.admin { "Admin" } else { "User" },
+                "rolename": if a.admin { "Root Admin" } else { "User" },
+                "domainid": domain_id(ctx.db),
+                "domain": "ROOT",
+                "state": "enabled",
+                "user": users,
+            })
+        })
+        .collect();
+    Ok(Outcome::Sync(list_response(ctx.params, "account", items)?))
+}
+
+/// `listUsers`: a user sees its account's users, an admin all.
+pub(super) fn list_users(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let items = ctx
+        .db
+        .users
+        .iter()
+        .filter(|u| ctx.caller.admin || u.account_id == ctx.caller.account_id)
+        .filter(|u| ctx.filter_matches("id", &u.id) && ctx.filter_matches("username", &u.username))
+        .map(|u| render_user(ctx.db, u))
+        .collect();
+    Ok(Outcome::Sync(list_response(ctx.params, "user", items)?))
+}
+
+/// `getUser userapikey=…` (admin only): who owns an API key.
+pub(super) fn get_user(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let key = ctx.params.require(ctx.command, "userapikey")?;
+    let user = ctx
+        .db
+        .users
+        .iter()
+        .find(|u| u.api_key == key)
+        .ok_or_else(|| ApiError::param("Unable to find user by apikey"))?;
+    Ok(Outcome::Sync(json!({ "user": render_user(ctx.db, user) })))
+}
+
+/// `getUserKeys id=…`: an admin for anyone, a user for itself.
+pub(super) fn get_user_keys(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let id = ctx.params.require(ctx.command, "id")?;
+    let user = ctx
+        .db
+        .users
+        .iter()
+        .find(|u| u.id == id)
+        .ok_or_else(|| ApiError::param(format!("Unable to find user by id {id}")))?;
+    ctx.check_access(&user.account_id, id)?;
+    Ok(Outcome::Sync(json!({
+        "userkeys": { "apikey": user.api_key, "secretkey": user.secret_key }
+    })))
+}
+
+/// `listConfigurations` (admin only).
+pub(super) fn list_configurations(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let items = ctx
+        .db
+        .configurations
+        .iter()
+        .filter(|c| {
+            ctx.filter_matches("name", &c.name) && ctx.filter_matches("category", &c.category)
+        })
+        .filter(|c| ctx.keyword_matches(&c.name))
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "value": c.value,
+                "category": c.category,
+                "description": c.description,
+            })
+        })
+        .collect();
+    Ok(Outcome::Sync(list_response(
+        ctx.params,
+        "configuration",
+        items,
+    )?))
+}
+
+fn resource_owner(db: &Db, id: &str) -> Option<String> {
+    db.vms
+        .iter()
+        .find(|v| v.id == id)
+        .map(|v| v.account_id.clone())
+        .or_else(|| {
+            db.networks
+                .iter()
+                .find(|n| n.id == id)
+                .map(|n| n.account_id.clone())
+        })
+        .or_else(|| {
+            db.public_ips
+                .iter()
+                .find(|i| i.id == id)
+                .map(|i| i.account_id.clone())
+        })
+        .or_else(|| {
+            db.isos
+                .iter()
+                .find(|i| i.id == id)
+                .map(|i| i.account_id.clone())
+        })
+        .or_else(|| {
+            db.rules
+                .iter()
+                .find(|r| r.id == id)
+                .map(|r| r.account_id.clone())
+        })
+}
+
+/// `createTags resourceids resourcetype tags[i].key/value` (async).
+pub(super) fn create_tags(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let ids = ctx.params.list("resourceids");
+    if ids.is_empty() {
+        return Err(ApiError::missing(ctx.command, &["resourceids"]));
+    }
+    let resource_type = ctx.params.require(ctx.command, "resourcetype")?.to_owned();
+    let tags = ctx.params.map("tags");
+    if tags.is_empty() {
+        return Err(ApiError::missing(ctx.command, &["tags"]));
+    }
+    let mut new = Vec::new();
+    for id in &ids {
+        let owner = resource_owner(ctx.db, id).ok_or_else(|| {
+            ApiError::param(format!(
+                "Unable to find resource by id {id} and type {resource_type}"
+            ))
+        })?;
+        ctx.check_access(&owner, id)?;
+        for tag in &tags {
+            let (Some(key), Some(value)) = (tag.get("key"), tag.get("value")) else {
+                return Err(ApiError::param("Tags must have a key and a value"));
+            };
+            if ctx
+                .db
+                .tags
+                .iter()
+                .any(|t| &t.resource_id == id && &t.key == key)
+            {
+                return Err(ApiError::param(format!(
+                    "A tag with key {key} already exists for resource {id}"
+                )));
+            }
+            new.push(Tag {
+                key: key.clone(),
+                value: value.clone(),
+                resource_id: id.clone(),
+                resource_type: resource_type.clone(),
+                account_id: owner.clone(),
+            });
+        }
+    }
+    if ctx.planned_failure().is_none() {
+        ctx.db.tags.extend(new);
+    }
+    Ok(ctx.simple_job("tag.CreateTagsCmd", None, json!({ "success": true })))
+}
+
+/// `deleteTags resourceids resourcetype [tags[i].key]` (async).
+pub(super) fn delete_tags(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let ids = ctx.params.list("resourceids");
+    let keys: Vec<String> = ctx
+        .params
+        .map("tags")
+        .into_iter()
+        .filter_map(|t| t.get("key").cloned())
+        .collect();
+    for id in &ids {
+        if let Some(owner) = resource_owner(ctx.db, id) {
+            ctx.check_access(&owner, id)?;
+        }
+    }
+    if ctx.planned_failure().is_none() {
+        ctx.db.tags.retain(|t| {
+            !(ids.contains(&t.resource_id) && (keys.is_empty() || keys.contains(&t.key)))
+        });
+    }
+    Ok(ctx.simple_job("tag.DeleteTagsCmd", None, json!({ "success": true })))
+}
+
+/// `listTags`.
+pub(super) fn list_tags(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let items = ctx
+        .db
+        .tags
+        .iter()
+        .filter(|t| ctx.visible(&t.account_id))
+        .filter(|t| ctx.filter_matches("resourceid", &t.resource_id))
+        .filter(|t| {
+            ctx.params
+                .get("resourcetype")
+                .is_none_or(|r| r.eq_ignore_ascii_case(&t.resource_type))
+        })
+        .filter(|t| ctx.filter_matches("key", &t.key) && ctx.filter_matches("value", &t.value))
+        .map(|t| {
+            json!({
+                "key": t.key,
+                "value": t.value,
+                "resourceid": t.resource_id,
+                "resourcetype": t.resource_type,
+                "account": super::account_name(ctx.db, &t.account_id),
+                "domainid": domain_id(ctx.db),
+            })
+        })
+        .collect();
+    Ok(Outcome::Sync(list_response(ctx.params, "tag", items)?))
+}
+
+/// The job object of `queryAsyncJobResult` and `listAsyncJobs`.
+pub(crate) fn render_job(db: &Db, job: &Job) -> Value {
+    let user = db.users.iter().find(|u| u.id == job.user_id);
+    let mut body = json!({
+        "jobid": job.id,
+        "cmd": job.cmd,
+        "jobstatus": job.status,
+        "jobprocstatus": 0,
+        "jobresultcode": job.result_code,
+        "jobresulttype": "object",
+        "created": job.created,
+        "accountid": job.account_id,
+        "account": super::account_name(db, &job.account_id),
+        "userid": job.user_id,
+        "domainid": domain_id(db),
+        "domainpath": "/",
+        "managementserverid": "cloudsim",
+    });
+    if let Some(user) = user {
+        body["username"] = json!(user.username);
+    }
+    if job.status != 0 {
+        body["jobresult"] = job.result.clone();
+    }
+    if let Some(completed) = &job.completed {
+        body["completed"] = json!(completed);
+    }
+    if let Some(t) = &job.instance_type {
+        body["jobinstancetype"] = json!(t);
+    }
+    if let Some(i) = &job.instance_id {
+        body["jobinstanceid"] = json!(i);
+    }
+    body
+}
+
+/// `queryAsyncJobResult jobid=…`.
+pub(super) fn query_async_job_result(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let id = ctx.params.require(ctx.command, "jobid")?;
+    let job = ctx
+        .db
+        .jobs
+        .iter()
+        .find(|j| j.id == id)
+        .ok_or_else(|| ApiError::param(format!("Unable to find a job by id {id}")))?;
+    ctx.check_access(&job.account_id, id)?;
+    Ok(Outcome::Sync(render_job(ctx.db, job)))
+}
+
+/// `listAsyncJobs`.
+pub(super) fn list_async_jobs(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let items = ctx
+        .db
+        .jobs
+        .iter()
+        .filter(|j| ctx.visible(&j.account_id))
+        .map(|j| render_job(ctx.db, j))
+        .collect();
+    Ok(Outcome::Sync(list_response(
+        ctx.params,
+        "asyncjobs",
+        items,
+    )?))
+}

@@ -1,0 +1,331 @@
+//! `cloudsim`: a CloudStack management-server simulator for tests and the demo.
+//!
+//! It serves the CloudStack API on `/client/api` (GET or form POST, `response=json`) with
+//! request signatures verified as CloudStack verifies them ([`signing`]), CloudStack's response
+//! and error shapes, pagination rules, async jobs that complete in the background, accounts with
+//! ownership checks, and the commands a Kubernetes controller needs (cks-reference §7.3).
+//!
+//! State lives in memory and, with a state directory, in `state.json` (written atomically after
+//! every change), so a restart keeps it; jobs caught pending by a restart end failed, as on a
+//! real management server.
+//!
+//! Faults are injected through [`faults::FaultConfig`] (at start, via `POST /sim/faults`, or
+//! [`SimHandle::set_faults`]): per-command error rates, latency, lost responses, failing jobs,
+//! capacity exhaustion; deterministic for a seed; every injected fault is logged.
+//!
+//! VMs are records; [`node::NodeRunner`] is the seam where they will become real nodes running
+//! `cks-agent`.
+
+pub mod cidr;
+pub mod commands;
+pub mod download;
+pub mod error;
+pub mod faults;
+pub mod jobs;
+pub mod model;
+pub mod node;
+pub mod signing;
+pub mod store;
+
+mod api;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::faults::{FaultConfig, FaultEvent, Faults};
+use crate::model::Db;
+use crate::node::{NodeRunner, NoopRunner};
+use crate::store::{AdminKeys, StoreError};
+
+/// How long async jobs take by default in the binary.
+pub const DEFAULT_JOB_DURATION: Duration = Duration::from_millis(1000);
+
+/// Simulator configuration.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Address to listen on (use port 0 in tests).
+    pub listen: SocketAddr,
+    /// Where `state.json` and downloaded ISOs live; `None` keeps everything in memory.
+    pub state_dir: Option<PathBuf>,
+    /// The admin's API key; generated when `None` (and no state keeps one).
+    pub api_key: Option<String>,
+    /// The admin's secret key; generated when `None` (and no state keeps one).
+    pub secret_key: Option<String>,
+    /// How long each async job runs before it completes.
+    pub job_duration: Duration,
+    /// Faults active from the start.
+    pub faults: FaultConfig,
+}
+
+// === impl SimConfig ===
+
+impl SimConfig {
+    /// A configuration for tests: `127.0.0.1:0`, in memory, 20 ms jobs, no faults.
+    pub fn for_tests() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state_dir: None,
+            api_key: None,
+            secret_key: None,
+            job_duration: Duration::from_millis(20),
+            faults: FaultConfig::default(),
+        }
+    }
+}
+
+/// Failure to start the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state could not be loaded.
+    #[error("failed to load simulator state")]
+    LoadState(#[source] StoreError),
+    /// The state directory could not be created.
+    #[error("failed to create state directory {path:?}")]
+    CreateStateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("failed to listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An API key pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// User id.
+    pub user_id: String,
+    /// API key.
+    pub api_key: String,
+    /// Secret key.
+    pub secret_key: String,
+}
+
+/// Shared state behind the HTTP handlers and background tasks.
+pub(crate) struct Inner {
+    pub(crate) db: Mutex<Db>,
+    pub(crate) faults: Mutex<Faults>,
+    pub(crate) runner: Arc<dyn NodeRunner>,
+    pub(crate) config: SimConfig,
+    /// Set at shutdown: background tasks stop touching state and disk.
+    pub(crate) closed: AtomicBool,
+}
+
+// === impl Inner ===
+
+impl Inner {
+    pub(crate) fn db(&self) -> MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn faults(&self) -> MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Saves the state when there is a state directory; a failure is logged, not fatal.
+    pub(crate) fn persist(&self, db: &Db) {
+        if self.is_closed() {
+            return;
+        }
+        if let Some(dir) = &self.config.state_dir
+            && let Err(err) = store::save(dir, db)
+        {
+            tracing::error!(error = %err, "failed to save state; check the state directory");
+        }
+    }
+}
+
+/// Starts simulators.
+#[derive(Debug)]
+pub struct Simulator;
+
+// === impl Simulator ===
+
+impl Simulator {
+    /// Loads (or seeds) the state, binds the listener and serves in the background, with VMs as
+    /// records only ([`NoopRunner`]).
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub async fn start(config: SimConfig) -> Result<SimHandle, StartError> {
+        Self::start_with_runner(config, Arc::new(NoopRunner)).await
+    }
+
+    /// Like [`Simulator::start`], with a node runner.
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub async fn start_with_runner(
+        config: SimConfig,
+        runner: Arc<dyn NodeRunner>,
+    ) -> Result<SimHandle, StartError> {
+        if let Some(dir) = &config.state_dir {
+            std::fs::create_dir_all(dir).map_err(|source| StartError::CreateStateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let keys = AdminKeys {
+            api_key: config.api_key.clone(),
+            secret_key: config.secret_key.clone(),
+        };
+        let db = store::load_or_seed(config.state_dir.as_deref(), &keys)
+            .map_err(StartError::LoadState)?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let keys_of = |db: &Db, account: &str| {
+            let account_id = db
+                .accounts
+                .iter()
+                .find(|a| a.name == account)
+                .map(|a| a.id.clone())
+                .unwrap_or_default();
+            db.users
+                .iter()
+                .find(|u| u.account_id == account_id)
+                .map(|u| Keys {
+                    user_id: u.id.clone(),
+                    api_key: u.api_key.clone(),
+                    secret_key: u.secret_key.clone(),
+                })
+                .unwrap_or(Keys {
+                    user_id: String::new(),
+                    api_key: String::new(),
+                    secret_key: String::new(),
+                })
+        };
+        let admin = keys_of(&db, store::ADMIN_ACCOUNT);
+        let user = keys_of(&db, store::USER_ACCOUNT);
+        let mut faults = Faults::default();
+        faults.configure(config.faults.clone());
+        let inner = Arc::new(Inner {
+            db: Mutex::new(db),
+            faults: Mutex::new(faults),
+            runner,
+            config,
+            closed: AtomicBool::new(false),
+        });
+        inner.persist(&inner.db());
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = api::router(inner.clone());
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(err) = served {
+                tracing::error!(error = %err, "simulator server failed");
+            }
+        });
+        tracing::info!(%addr, "cloudsim listening");
+        Ok(SimHandle {
+            addr,
+            admin,
+            user,
+            inner,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+}
+
+/// A running simulator; dropping it stops it.
+pub struct SimHandle {
+    addr: SocketAddr,
+    admin: Keys,
+    user: Keys,
+    inner: Arc<Inner>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+// === impl SimHandle ===
+
+impl SimHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API endpoint URL, `http://addr/client/api`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/client/api", self.addr)
+    }
+
+    /// The root admin's keys.
+    pub fn admin_keys(&self) -> &Keys {
+        &self.admin
+    }
+
+    /// The seeded user account's keys.
+    pub fn user_keys(&self) -> &Keys {
+        &self.user
+    }
+
+    /// Replaces the fault configuration (restarting its seeded generator).
+    pub fn set_faults(&self, config: FaultConfig) {
+        self.inner.faults().configure(config);
+    }
+
+    /// Faults injected since the configuration was last set.
+    pub fn fault_log(&self) -> Vec<FaultEvent> {
+        self.inner.faults().log().to_vec()
+    }
+
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> Db {
+        self.inner.db().clone()
+    }
+
+    /// Stops serving and waits for the server task to end.
+    pub async fn shutdown(mut self) {
+        self.stop();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    fn stop(&mut self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
