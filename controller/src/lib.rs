@@ -1,2 +1,5 @@
 //! `cks-controller`: the CKS API endpoint and cluster workflows (work in progress; see the
 //! controller issues).
+
+pub mod agents;
+pub mod pki;

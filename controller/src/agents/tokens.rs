@@ -1,0 +1,163 @@
+//! One-time enrollment tokens (contract 2): short-lived, scoped to one cluster, one node and one
+//! role, consumed by the first successful enrollment.
+//!
+//! Only a SHA-256 of each token is kept, so neither the store nor a memory dump hands out a
+//! usable token; the token itself travels once, in the VM's userdata.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+use crate::pki::NodeIdentity;
+
+/// Why a token was refused. Deliberately vague towards the caller (PERMISSION_DENIED), precise
+/// in the controller's log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No such token.
+    #[error("unknown enrollment token")]
+    Unknown,
+    /// Already used by an enrollment.
+    #[error("enrollment token already used")]
+    Used,
+    /// Past its expiry.
+    #[error("enrollment token expired")]
+    Expired,
+    /// Issued for another node.
+    #[error("enrollment token was issued for node {expected:?}, not {got:?}")]
+    WrongNode {
+        /// The node it was issued for.
+        expected: String,
+        /// The node that presented it.
+        got: String,
+    },
+}
+
+/// Where enrollment tokens live. The in-memory [`MemoryTokens`] serves tests and a single
+/// controller; the controller's store implements it for tokens that survive a restart.
+pub trait EnrollmentTokens: Send + Sync + 'static {
+    /// Issues a token for `identity`, valid for `ttl`. Returns the token (secret).
+    fn issue(&self, identity: NodeIdentity, ttl: Duration) -> String;
+    /// Consumes `token` presented by `node_name`; a token works once.
+    ///
+    /// # Errors
+    /// [`TokenError`] when unknown, used, expired or issued for another node.
+    fn consume(&self, token: &str, node_name: &str) -> Result<NodeIdentity, TokenError>;
+    /// Drops every token of a cluster (on delete).
+    fn revoke_cluster(&self, cluster_id: &str);
+}
+
+/// Tokens in memory.
+#[derive(Debug, Default)]
+pub struct MemoryTokens {
+    tokens: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    identity: NodeIdentity,
+    expires: SystemTime,
+    used: bool,
+}
+
+/// A fresh random token: 32 bytes, URL-safe base64.
+pub fn generate_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The form a token is kept in.
+pub fn token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl EnrollmentTokens for MemoryTokens {
+    fn issue(&self, identity: NodeIdentity, ttl: Duration) -> String {
+        let token = generate_token();
+        let entry = Entry {
+            identity,
+            expires: SystemTime::now() + ttl,
+            used: false,
+        };
+        self.lock().insert(token_digest(&token), entry);
+        token
+    }
+
+    fn consume(&self, token: &str, node_name: &str) -> Result<NodeIdentity, TokenError> {
+        let mut tokens = self.lock();
+        let entry = tokens
+            .get_mut(&token_digest(token))
+            .ok_or(TokenError::Unknown)?;
+        if entry.used {
+            return Err(TokenError::Used);
+        }
+        if SystemTime::now() > entry.expires {
+            return Err(TokenError::Expired);
+        }
+        if entry.identity.node_name != node_name {
+            return Err(TokenError::WrongNode {
+                expected: entry.identity.node_name.clone(),
+                got: node_name.to_string(),
+            });
+        }
+        entry.used = true;
+        Ok(entry.identity.clone())
+    }
+
+    fn revoke_cluster(&self, cluster_id: &str) {
+        self.lock()
+            .retain(|_, entry| entry.identity.cluster_id != cluster_id);
+    }
+}
+
+impl MemoryTokens {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock cannot leave an entry half-written; keep going.
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cks_proto::agent::NodeRole;
+
+    use super::*;
+
+    fn identity() -> NodeIdentity {
+        NodeIdentity {
+            cluster_id: "c1".into(),
+            node_name: "n1".into(),
+            role: NodeRole::Worker,
+        }
+    }
+
+    #[test]
+    fn a_token_works_once_for_its_node_only() {
+        let tokens = MemoryTokens::default();
+        let token = tokens.issue(identity(), Duration::from_secs(60));
+        assert!(matches!(
+            tokens.consume(&token, "n2"),
+            Err(TokenError::WrongNode { .. })
+        ));
+        assert_eq!(tokens.consume(&token, "n1"), Ok(identity()));
+        assert_eq!(tokens.consume(&token, "n1"), Err(TokenError::Used));
+        assert_eq!(tokens.consume("nope", "n1"), Err(TokenError::Unknown));
+    }
+
+    #[test]
+    fn expired_and_revoked_tokens_are_refused() {
+        let tokens = MemoryTokens::default();
+        let token = tokens.issue(identity(), Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(tokens.consume(&token, "n1"), Err(TokenError::Expired));
+        let token = tokens.issue(identity(), Duration::from_secs(60));
+        tokens.revoke_cluster("c1");
+        assert_eq!(tokens.consume(&token, "n1"), Err(TokenError::Unknown));
+    }
+}
