@@ -75,6 +75,16 @@ pub const ENV_DEV_DIR: &str = "CKS_AGENT_DEV_DIR";
 pub const ENV_SYS_DIR: &str = "CKS_AGENT_SYS_DIR";
 /// Env var for `--discovery-timeout-seconds`.
 pub const ENV_DISCOVERY_TIMEOUT: &str = "CKS_AGENT_DISCOVERY_TIMEOUT_SECONDS";
+/// Env var for `--kubeadm`.
+pub const ENV_KUBEADM: &str = "CKS_AGENT_KUBEADM";
+/// Env var for `--kubectl`.
+pub const ENV_KUBECTL: &str = "CKS_AGENT_KUBECTL";
+/// Env var for `--systemctl`.
+pub const ENV_SYSTEMCTL: &str = "CKS_AGENT_SYSTEMCTL";
+/// The service manager's client (looked up in `PATH` when not absolute).
+pub const DEFAULT_SYSTEMCTL: &str = "systemctl";
+/// Where the CKS-compatible success marker goes (CKS's node scripts check it).
+pub const CKS_SUCCESS_MARKER: &str = "/home/cloud/success";
 
 /// How the agent reads a bundle ISO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
@@ -132,6 +142,15 @@ pub struct ConfigArgs {
     /// How long to wait for the bundle device [default: 1500]
     #[arg(long, global = true, env = ENV_DISCOVERY_TIMEOUT, value_name = "SECONDS")]
     pub discovery_timeout_seconds: Option<u64>,
+    /// The kubeadm to run [default: kubeadm in the install dir]
+    #[arg(long, global = true, env = ENV_KUBEADM, value_name = "PROGRAM")]
+    pub kubeadm: Option<PathBuf>,
+    /// The kubectl to run [default: kubectl in the install dir]
+    #[arg(long, global = true, env = ENV_KUBECTL, value_name = "PROGRAM")]
+    pub kubectl: Option<PathBuf>,
+    /// The service manager client that starts kubelet and restarts containerd [default: systemctl]
+    #[arg(long, global = true, env = ENV_SYSTEMCTL, value_name = "PROGRAM")]
+    pub systemctl: Option<PathBuf>,
 }
 
 /// The TOML file. Every key is optional; unknown keys are an error (a typo must not be ignored).
@@ -166,8 +185,13 @@ pub struct FileConfig {
     pub mount: Option<MountMode>,
     /// See [`Config::discovery_timeout`], in seconds.
     pub discovery_timeout_seconds: Option<u64>,
-    /// The controller connection (used by `run`, which comes later; parsed and checked now so a
-    /// template's file is accepted).
+    /// See [`Config::kubeadm`].
+    pub kubeadm: Option<PathBuf>,
+    /// See [`Config::kubectl`].
+    pub kubectl: Option<PathBuf>,
+    /// See [`Config::systemctl`].
+    pub systemctl: Option<PathBuf>,
+    /// The controller connection (the `run` command needs it).
     pub controller: Option<ControllerConfig>,
 }
 
@@ -238,6 +262,12 @@ pub struct Config {
     pub discovery_timeout: Duration,
     /// The controller connection, when configured.
     pub controller: Option<ControllerConfig>,
+    /// kubeadm (not prefixed); `None` = the installed one.
+    pub kubeadm: Option<PathBuf>,
+    /// kubectl (not prefixed); `None` = the installed one.
+    pub kubectl: Option<PathBuf>,
+    /// The service manager client (not prefixed).
+    pub systemctl: PathBuf,
 }
 
 /// The configuration cannot be used.
@@ -339,6 +369,9 @@ impl Config {
                 .or(file.discovery_timeout_seconds)
                 .map_or(DEFAULT_DISCOVERY_TIMEOUT, Duration::from_secs),
             controller: file.controller,
+            kubeadm: args.kubeadm.clone().or(file.kubeadm),
+            kubectl: args.kubectl.clone().or(file.kubectl),
+            systemctl: pick(&args.systemctl, file.systemctl, DEFAULT_SYSTEMCTL),
         };
         config.validate()?;
         Ok(config)
@@ -391,6 +424,20 @@ impl Config {
     /// Where a node path lives on this machine: `node_path` under [`Config::root`].
     pub fn host_path(&self, node_path: &Path) -> PathBuf {
         under_root(&self.root, node_path)
+    }
+
+    /// The kubeadm to run: the configured one, else the installed one.
+    pub fn kubeadm_program(&self) -> PathBuf {
+        self.kubeadm
+            .clone()
+            .unwrap_or_else(|| self.host_path(&self.install_dir).join("kubeadm"))
+    }
+
+    /// The kubectl to run: the configured one, else the installed one.
+    pub fn kubectl_program(&self) -> PathBuf {
+        self.kubectl
+            .clone()
+            .unwrap_or_else(|| self.host_path(&self.install_dir).join("kubectl"))
     }
 
     /// The host paths of everything the bundle installation writes.

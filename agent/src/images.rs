@@ -407,6 +407,96 @@ fn patch_sandbox_image(current: Option<&str>, image: &str) -> String {
     out
 }
 
+/// Where containerd looks for per-registry `hosts.toml` files (containerd's `config_path`).
+pub const REGISTRY_CONFIG_DIR: &str = "certs.d";
+const REGISTRY_SECTION: &str = "[plugins.\"io.containerd.grpc.v1.cri\".registry]";
+
+/// Points containerd at a private registry: `<config dir>/certs.d/<host>/hosts.toml` (mode
+/// 0600, with the credentials as a basic `Authorization` header when given) and `config_path`
+/// in containerd's config. Restart containerd to apply.
+///
+/// # Errors
+/// [`SandboxImageError`] naming the file that could not be written, or an invalid URL.
+pub fn configure_registry(
+    containerd_config: &Path,
+    url: &str,
+    username: &str,
+    password: &str,
+) -> Result<(), SandboxImageError> {
+    use base64::Engine as _;
+    let invalid = |what: &str| SandboxImageError {
+        path: containerd_config.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, what.to_string()),
+    };
+    let host = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !host_ok {
+        return Err(invalid("registry URL must be [http[s]://]host[:port]"));
+    }
+    let scheme = if url.starts_with("http://") {
+        "http"
+    } else {
+        "https"
+    };
+    let dir = containerd_config
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(REGISTRY_CONFIG_DIR);
+    let mut hosts = format!(
+        "server = \"{scheme}://{host}\"\n\n[host.\"{scheme}://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    );
+    if !username.is_empty() {
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        hosts.push_str(&format!(
+            "  [host.\"{scheme}://{host}\".header]\n    Authorization = [\"Basic {basic}\"]\n"
+        ));
+    }
+    let host_dir = dir.join(host);
+    let error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SandboxImageError { path, source }
+    };
+    std::fs::create_dir_all(&host_dir).map_err(error(&host_dir))?;
+    let hosts_file = host_dir.join("hosts.toml");
+    crate::journal::write_atomic(&hosts_file, hosts.as_bytes(), 0o600)
+        .map_err(error(&hosts_file))?;
+
+    let current = match std::fs::read_to_string(containerd_config) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => "version = 2\n".to_string(),
+        Err(e) => return Err(error(containerd_config)(e)),
+    };
+    let line = format!("config_path = \"{}\"", dir.display());
+    if !current.lines().any(|l| l.trim() == line) {
+        let mut updated: String = current
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("config_path"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        match updated.find(&format!("{REGISTRY_SECTION}\n")) {
+            Some(pos) => {
+                updated.insert_str(pos + REGISTRY_SECTION.len() + 1, &format!("  {line}\n"))
+            }
+            None => updated.push_str(&format!("\n{REGISTRY_SECTION}\n  {line}\n")),
+        }
+        crate::journal::write_atomic(containerd_config, updated.as_bytes(), 0o644)
+            .map_err(error(containerd_config))?;
+    }
+    info!(
+        registry = host,
+        "private registry configured for containerd (restart containerd to apply)"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
@@ -622,5 +712,28 @@ mod tests {
         assert!(!set_sandbox_image(&path, "registry.k8s.io/pause:3.10").expect("again"));
         assert_eq!(std::fs::read_to_string(&path).expect("read"), first);
         assert!(toml::from_str::<toml::Table>(&first).is_ok(), "valid TOML");
+    }
+
+    #[test]
+    fn private_registry_gets_a_hosts_file_with_credentials_and_a_config_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "version = 2\n").unwrap();
+        configure_registry(&config, "https://registry.example:5000", "alice", "s3cret").unwrap();
+        let hosts = dir.path().join("certs.d/registry.example:5000/hosts.toml");
+        let text = std::fs::read_to_string(&hosts).unwrap();
+        assert!(text.contains("server = \"https://registry.example:5000\""));
+        assert!(text.contains("Authorization = [\"Basic YWxpY2U6czNjcmV0\"]"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&hosts).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let main = std::fs::read_to_string(&config).unwrap();
+        assert_eq!(main.matches("config_path = ").count(), 1);
+        // Idempotent.
+        configure_registry(&config, "https://registry.example:5000", "alice", "s3cret").unwrap();
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), main);
+        assert!(configure_registry(&config, "bad host/../x", "", "").is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! `cks-agent`: the node agent that replaces CloudStack's SSH-driven node setup.
 //!
-//! This crate holds the bundle half of the agent (the controller session comes later):
+//! The bundle half of the agent (also usable alone: `cks-agent install`):
 //!
 //! 1. **Find** the bundle ([`bundle::discover`]): `--bundle PATH` (ISO file, block device or
 //!    directory), else the block device whose ISO volume id is `CDROM`, waited for with backoff.
@@ -20,13 +20,21 @@
 //! A bundle that is missing, unreadable, corrupt, truncated or built for another architecture
 //! is refused before anything is written: no file, directory or journal entry changes. Errors
 //! are [`AgentError`]s; [`AgentError::exit_code`] is the one mapping to process exit codes.
+//!
+//! # The controller half (`cks-agent run`)
+//!
+//! [`session`] enrolls with the controller and keeps the gRPC stream of contract 2 open while
+//! the bundle installs in the background; [`commands`] executes the controller's commands
+//! (kubeadm and kubectl through [`kube`]) and journals each result before it is sent.
 
 pub mod bundle;
+pub mod commands;
 pub mod config;
 pub mod images;
 pub mod install;
 pub mod journal;
 pub mod kube;
+pub mod session;
 
 use std::io::Read;
 use std::time::Duration;
@@ -95,6 +103,16 @@ pub enum AgentError {
     /// Images could not be imported.
     #[error("failed to import the bundle's images")]
     Images(#[from] ImagesError),
+    /// The controller session cannot run (configuration, refused enrollment).
+    #[error("controller session")]
+    Session(#[from] session::SessionError),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime")]
+    Runtime {
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl AgentError {
@@ -102,6 +120,7 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::Config(_) => EXIT_USAGE,
+            AgentError::Session(session::SessionError::NotConfigured(_)) => EXIT_USAGE,
             AgentError::Refused { .. } => EXIT_BUNDLE_REFUSED,
             // The image is there but is not a readable ISO 9660 volume: a corrupt bundle.
             AgentError::Open(MountError::UserSpace { source, .. })
@@ -217,6 +236,20 @@ pub fn install(
     config: &Config,
     store: &dyn ImageStore,
 ) -> Result<InstallOutcome, AgentError> {
+    install_reporting(bundle, config, store, &|_, _| {})
+}
+
+/// [`install`], calling `on_step(step, detail)` each time a step is recorded done (the session
+/// turns these into progress events for the controller).
+///
+/// # Errors
+/// [`AgentError`]; a refused bundle changes nothing.
+pub fn install_reporting(
+    bundle: &OpenedBundle,
+    config: &Config,
+    store: &dyn ImageStore,
+    on_step: &dyn Fn(&'static str, &str),
+) -> Result<InstallOutcome, AgentError> {
     let location = bundle.location().describe();
     let _span = info_span!("install", bundle = %location).entered();
     let paths = config.node_paths();
@@ -257,12 +290,14 @@ pub fn install(
     if !journal.is_done(&sha, Step::BundleVerify) {
         let detail = format!("{} bytes checked", verified.bytes_checked);
         journal.record_done(Step::BundleVerify, &detail)?;
+        on_step(Step::BundleVerify.as_str(), &detail);
         outcome.steps_run.push(Step::BundleVerify.as_str());
     }
     if !journal.is_done(&sha, Step::InstallBinaries) {
         let report = install::install_files(bundle, manifest, &paths)?;
         let detail = format!("{} files installed", report.installed.len());
         journal.record_done(Step::InstallBinaries, &detail)?;
+        on_step(Step::InstallBinaries.as_str(), &detail);
         outcome.steps_run.push(Step::InstallBinaries.as_str());
     }
     if !journal.is_done(&sha, Step::ContainerdSandboxImage) {
@@ -277,6 +312,7 @@ pub fn install(
             }
         };
         journal.record_done(Step::ContainerdSandboxImage, &detail)?;
+        on_step(Step::ContainerdSandboxImage.as_str(), &detail);
         outcome
             .steps_run
             .push(Step::ContainerdSandboxImage.as_str());
@@ -294,6 +330,7 @@ pub fn install(
             "images imported"
         );
         journal.record_done(Step::ImagesImport, &detail)?;
+        on_step(Step::ImagesImport.as_str(), &detail);
         outcome.steps_run.push(Step::ImagesImport.as_str());
         outcome.images_imported = report.imported;
         outcome.images_skipped = report.skipped;

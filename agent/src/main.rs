@@ -2,6 +2,7 @@
 //! to an exit code.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use cks_agent::config::{Config, ConfigArgs};
 use cks_agent::images::CtrImageStore;
@@ -48,6 +49,13 @@ enum Command {
     /// journaled in the data dir: a rerun skips what is done, a new bundle (upgrade) installs
     /// again. Exit 0 only when every step is done.
     Install,
+    /// The node agent proper (what the systemd unit runs): enroll with the controller named in
+    /// the [controller] table of the config file (one-time token, CA pinned by fingerprint),
+    /// keep an mTLS stream to it, install the bundle in the background and execute the
+    /// controller's commands (kubeadm init/join, manifests, drain, upgrade, reset…). Reconnects
+    /// with backoff when the controller is away; never exits on its own except for a
+    /// configuration error or a refused enrollment.
+    Run,
 }
 
 fn main() -> ExitCode {
@@ -80,12 +88,16 @@ fn main() -> ExitCode {
 }
 
 fn run(command: &Command, config: &Config) -> Result<(), AgentError> {
+    if let Command::Run = command {
+        return run_session(config);
+    }
     let mut sleep = std::thread::sleep;
     let bundle = cks_agent::open_bundle(config, &mut sleep)?;
     match command {
         Command::Verify => {
             cks_agent::verify(&bundle)?;
         }
+        Command::Run => unreachable!("handled above"),
         Command::Install => {
             let store = CtrImageStore::new(config.ctr.clone(), config.containerd_socket.clone());
             let outcome = cks_agent::install(&bundle, config, &store)?;
@@ -98,6 +110,18 @@ fn run(command: &Command, config: &Config) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+fn run_session(config: &Config) -> Result<(), AgentError> {
+    let store = CtrImageStore::new(config.ctr.clone(), config.containerd_socket.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| AgentError::Runtime { source })?;
+    runtime
+        .block_on(cks_agent::session::run(config.clone(), Arc::new(store)))
+        .map_err(AgentError::from)
 }
 
 fn init_logging(format: LogFormat) {

@@ -268,6 +268,58 @@ impl Kubeadm {
         })
     }
 
+    /// `kubeadm upgrade apply <version> -y` (first control plane) or `kubeadm upgrade node`
+    /// (every other node). The version is validated (`vMAJOR.MINOR.PATCH`).
+    ///
+    /// # Errors
+    /// [`KubeadmError`].
+    pub fn upgrade(&self, version: &str, first_control_plane: bool) -> Result<(), KubeadmError> {
+        let valid = version.strip_prefix('v').is_some_and(|v| {
+            let parts: Vec<&str> = v.split('.').collect();
+            parts.len() == 3
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        });
+        if !valid {
+            return Err(KubeadmError::InvalidInput {
+                field: "target_version",
+                reason: "must look like v1.33.1",
+            });
+        }
+        if first_control_plane {
+            self.run("upgrade apply", &["upgrade", "apply", version, "-y"], &[])
+                .map(drop)
+        } else {
+            self.run("upgrade node", &["upgrade", "node"], &[])
+                .map(drop)
+        }
+    }
+
+    /// `kubeadm certs renew all`.
+    ///
+    /// # Errors
+    /// [`KubeadmError`].
+    pub fn renew_certificates(&self) -> Result<(), KubeadmError> {
+        self.run("certs renew", &["certs", "renew", "all"], &[])
+            .map(drop)
+    }
+
+    /// Whether kubeadm's files show this node initialised or joined.
+    pub fn node_is_set_up(&self) -> bool {
+        self.root.join(ADMIN_CONF).exists() || self.root.join(KUBELET_CONF).exists()
+    }
+
+    /// The admin kubeconfig (host path), present on control-plane nodes.
+    pub fn admin_conf(&self) -> PathBuf {
+        self.root.join(ADMIN_CONF)
+    }
+
+    /// The kubelet's kubeconfig (host path), present on every joined node.
+    pub fn kubelet_conf(&self) -> PathBuf {
+        self.root.join(KUBELET_CONF)
+    }
+
     /// `kubeadm reset -f`.
     ///
     /// # Errors

@@ -1,4 +1,5 @@
-//! Driving Kubernetes on the node: [`kubeadm`] runs kubeadm for the controller's commands.
-//! (kubectl — applying manifests, draining, node status — comes with the controller session.)
+//! Driving Kubernetes on the node: [`kubeadm`] runs kubeadm for the controller's commands,
+//! [`kubectl`] applies manifests, drains, uncordons and reads node status.
 
 pub mod kubeadm;
+pub mod kubectl;

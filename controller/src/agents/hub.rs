@@ -307,8 +307,10 @@ impl AgentHub {
         server: CertifiedKey,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), HubError> {
+        // The chain includes the CA: agents that only know its fingerprint find it there.
+        let chain = format!("{}{}", server.cert_pem, self.inner.ca.cert_pem());
         let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&server.cert_pem, &server.key_pem))
+            .identity(Identity::from_pem(chain, &server.key_pem))
             .client_ca_root(Certificate::from_pem(self.inner.ca.cert_pem()))
             .client_auth_optional(true);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -429,6 +431,10 @@ impl AgentHub {
                         hello.steps.retain(|s| s.step != step.step);
                         hello.steps.push(step.clone());
                     }
+                }
+                if let (Some(bundle), Some(hello)) = (progress.bundle, entry.status.hello.as_mut())
+                {
+                    hello.bundle = Some(bundle);
                 }
                 entry.status.last_step = progress.step;
             }
