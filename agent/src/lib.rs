@@ -63,6 +63,9 @@ pub const EXIT_BUNDLE_REFUSED: u8 = 3;
 pub const EXIT_BUNDLE_NOT_FOUND: u8 = 4;
 /// Exit code: another agent holds the node lock.
 pub const EXIT_LOCKED: u8 = 5;
+/// The controller refused this node's enrollment (token unknown, used, expired or for another
+/// node); restarting cannot help.
+pub const EXIT_ENROLLMENT_REFUSED: u8 = 6;
 
 /// What can go wrong in the agent's bundle work.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +124,10 @@ impl AgentError {
         match self {
             AgentError::Config(_) => EXIT_USAGE,
             AgentError::Session(session::SessionError::NotConfigured(_)) => EXIT_USAGE,
+            AgentError::Session(session::SessionError::Identity(
+                session::identity::IdentityError::Refused(_)
+                | session::identity::IdentityError::NoToken,
+            )) => EXIT_ENROLLMENT_REFUSED,
             AgentError::Refused { .. } => EXIT_BUNDLE_REFUSED,
             // The image is there but is not a readable ISO 9660 volume: a corrupt bundle.
             AgentError::Open(MountError::UserSpace { source, .. })

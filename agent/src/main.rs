@@ -13,7 +13,7 @@ use tracing::{error, info};
 const AFTER_HELP: &str = "\
 Exit codes: 0 success, 1 failure, 2 invalid command line or configuration, 3 bundle refused \
 (corrupt, truncated, wrong architecture; nothing was changed), 4 bundle not found, 5 another \
-cks-agent is working on this node.
+cks-agent is working on this node, 6 the controller refused this node's enrollment.
 
 Logging: RUST_LOG sets the level (default info); logs go to stderr.";
 

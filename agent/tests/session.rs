@@ -597,7 +597,7 @@ async fn a_wrong_token_stops_the_agent_and_a_wrong_fingerprint_never_enrolls() {
         "not-a-token",
     );
     refused.start();
-    assert_eq!(refused.wait_exit(), Some(1), "{}", refused.log("agent"));
+    assert_eq!(refused.wait_exit(), Some(6), "{}", refused.log("agent"));
     assert!(
         refused
             .log("agent")
@@ -614,7 +614,7 @@ async fn a_wrong_token_stops_the_agent_and_a_wrong_fingerprint_never_enrolls() {
         &token,
     );
     impostor.start();
-    assert_eq!(impostor.wait_exit(), Some(1));
+    assert_eq!(impostor.wait_exit(), Some(6));
 
     // A controller whose CA does not match the pinned fingerprint is never talked to.
     let token = controller.token("worker-2", NodeRole::Worker);
