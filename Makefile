@@ -7,7 +7,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test demo bench lint fmt clean
+.PHONY: all deps build test demo bench lint fmt clean vm-assets agent-static test-vm
 
 all: build
 
@@ -17,10 +17,26 @@ deps:
 build: deps
 	$(CARGO) build --workspace --bins
 
-## make test: every unit, integration and end-to-end test of the workspace.
-test: deps
+## make test: every unit, integration and end-to-end test of the workspace (including the QEMU
+## guest boots of agent/tests/qemu.rs, which use the static agent).
+test: deps agent-static
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
+
+## make vm-assets: QEMU (unpacked from Debian's debs, never apt-installed), a Debian kernel with
+## its CD-ROM/iso9660/loop modules and busybox-static, cached in target/vm/ (deps runs it too).
+vm-assets:
+	@scripts/vm-assets.sh
+
+## make agent-static: cks-agent for the QEMU guest in target/vm/agent/: static musl
+## (x86_64-unknown-linux-musl, release, stripped) when the target can be added and used, else
+## the glibc release binary plus the libraries ldd lists.
+agent-static: deps
+	@CARGO="$(CARGO)" scripts/agent-static.sh
+
+## make test-vm: only the QEMU harness (two TCG boots, ~6 s each, run in parallel).
+test-vm: deps agent-static
+	$(CARGO) test -p cks-agent --test qemu
 
 ## make demo: builds a real bundle ISO from local fixtures (registry + file server on
 ## 127.0.0.1), verifies it and shows what is in it.
@@ -28,10 +44,10 @@ demo: deps
 	$(CARGO) build --release -p cks-isobuilder -p cks-e2e --bins
 	target/release/cks-demo --isobuilder target/release/cks-isobuilder --out out/demo
 
-## make bench: ISO size and build-time ratios, side by side in one run.
+## make bench: ISO size, build-time and agent install ratios, side by side in one run.
 bench: deps
-	$(CARGO) build --release -p cks-isobuilder -p cks-e2e --bins
-	target/release/cks-bench --isobuilder target/release/cks-isobuilder
+	$(CARGO) build --release -p cks-isobuilder -p cks-e2e -p cks-agent --bins
+	target/release/cks-bench --isobuilder target/release/cks-isobuilder --agent target/release/cks-agent
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -307,6 +307,9 @@ impl AgentHub {
         server: CertifiedKey,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), HubError> {
+        // tonic builds its rustls config from the process-wide provider; when several are linked
+        // in (reqwest brings aws-lc-rs), choose ring explicitly. Already set is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         // The chain includes the CA: agents that only know its fingerprint find it there.
         let chain = format!("{}{}", server.cert_pem, self.inner.ca.cert_pem());
         let tls = ServerTlsConfig::new()

@@ -1,16 +1,21 @@
-//! `make bench`: ISO size and build-time ratios, measured side by side in one run.
+//! `make bench`: ISO size, build-time and agent install ratios, measured side by side in one run.
 //!
 //! On a generated image set shaped like a Kubernetes release (≈ 10 images with shared base
 //! layers, `--scale` times the test size), served by a local registry:
 //! * ISO bytes ÷ (unique blob bytes + file bytes)          goal ≤ 1.02
 //! * ISO bytes ÷ ISO with one archive per image (CKS)        goal ≤ 0.75
 //! * warm build time ÷ xorriso alone on the final tree       goal ≤ 1.3
+//!
+//! and the agent's figures (see `agent.rs`).
+
+mod agent;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use cks_fixtures::oci::{ImageSpec, LayerSpec};
 use cks_fixtures::registry::RegistryAuth;
 use cks_fixtures::upstream::Upstream;
 use cks_proto::iso::IsoBundle;
@@ -29,12 +34,33 @@ struct Args {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// The cks-agent binary (the static build when there is one).
+    #[arg(long, default_value = "target/release/cks-agent")]
+    agent: PathBuf,
+}
+
+/// The upgrade's new image: kube-apiserver of the next minor, on the same base layer.
+const UPGRADE_IMAGE: &str = "registry.k8s.io/kube-apiserver:v1.34.0";
+
+fn upgrade_image(scale: usize) -> ImageSpec {
+    const KIB: usize = 1024;
+    ImageSpec::new("registry.k8s.io", "kube-apiserver", "v1.34.0")
+        // Same seed and size as the set's kube base layer: shared.
+        .layer(LayerSpec::Random {
+            seed: 1,
+            size: 512 * KIB * scale,
+        })
+        .layer(LayerSpec::Random {
+            seed: 111,
+            size: 1024 * KIB * scale,
+        })
+        .entrypoint(&["/usr/local/bin/kube-apiserver"])
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let isobuilder = args.isobuilder.canonicalize().context("--isobuilder")?;
-    let up = Upstream::start_with(RegistryAuth::None, &[], args.scale)?;
+    let up = Upstream::start_with(RegistryAuth::None, &[upgrade_image(args.scale)], args.scale)?;
     let work = tempfile::tempdir()?;
     let cache = work.path().join("cache");
     let spec = up.spec_file("amd64", "")?;
@@ -81,20 +107,7 @@ fn main() -> Result<()> {
 
     // The final tree, for xorriso alone.
     let tree = work.path().join("tree");
-    let status = Command::new("xorriso")
-        .args([
-            "-no_rc",
-            "-report_about",
-            "SORRY",
-            "-osirrox",
-            "on",
-            "-indev",
-        ])
-        .arg(&iso)
-        .args(["-extract", "/"])
-        .arg(&tree)
-        .status()?;
-    ensure!(status.success(), "xorriso -extract failed");
+    extract(&iso, &tree)?;
 
     let mut warm = Vec::new();
     let mut alone = Vec::new();
@@ -149,6 +162,58 @@ fn main() -> Result<()> {
         warm.as_secs_f64() / alone.as_secs_f64(),
         1.3,
     );
+
+    // The agent: the same bundle, and an upgrade bundle with one more image on shared layers.
+    let upgrade_spec = work.path().join("upgrade.toml");
+    std::fs::write(
+        &upgrade_spec,
+        up.spec_text("amd64").replace(
+            "kubeadm = true",
+            &format!("kubeadm = true\nextra = [\"{UPGRADE_IMAGE}\"]"),
+        ),
+    )?;
+    let upgrade_out = work.path().join("upgrade");
+    cks_e2e::capture(
+        &isobuilder,
+        &[
+            "build",
+            p(&upgrade_spec),
+            "--out",
+            p(&upgrade_out),
+            "--cache",
+            p(&cache),
+        ],
+    )?;
+    let upgrade_tree = work.path().join("upgrade-tree");
+    extract(&upgrade_out.join("setup-v1.33.1-x86_64.iso"), &upgrade_tree)?;
+    agent::run(
+        &args.agent,
+        &agent::Bundles {
+            tree: &tree,
+            upgrade_tree: &upgrade_tree,
+        },
+        work.path(),
+        args.runs,
+    )?;
+    Ok(())
+}
+
+/// Unpacks an ISO as a kernel mount would show it.
+fn extract(iso: &Path, dir: &Path) -> Result<()> {
+    let status = Command::new("xorriso")
+        .args([
+            "-no_rc",
+            "-report_about",
+            "SORRY",
+            "-osirrox",
+            "on",
+            "-indev",
+        ])
+        .arg(iso)
+        .args(["-extract", "/"])
+        .arg(dir)
+        .status()?;
+    ensure!(status.success(), "xorriso -extract failed");
     Ok(())
 }
 
