@@ -17,6 +17,7 @@ declare -A NEED=(
   [cpio]=cpio
   [mkfs.ext4]=e2fsprogs
   [losetup]=mount
+  [x86_64-linux-musl-gcc]=musl-tools  # the static cks-agent for the QEMU harness (make agent-static)
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
@@ -41,3 +42,7 @@ if [[ ! -x $VENV/bin/cs ]]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q cs
 fi
+
+# The QEMU harness's guest: QEMU (unpacked, never apt-installed), a Debian kernel and its CD-ROM
+# modules, busybox-static; cached under target/vm/.
+"$(dirname "$0")/vm-assets.sh"
