@@ -78,6 +78,8 @@ pub struct KernelMount {
     // Field order is drop order: after `Drop::drop` unmounts, the loop device is detached, then
     // the (empty) mount point removed, then the directories created for it.
     loop_device: Option<LoopDevice>,
+    /// What was given to mount: an image file or a block device.
+    source: PathBuf,
     mount_point: tempfile::TempDir,
     _created_dirs: CreatedDirs,
 }
@@ -173,6 +175,7 @@ impl KernelMount {
         debug!(image = %image.display(), device = %device.display(), mount_point = %mount_point.path().display(), "mounted read-only");
         Ok(KernelMount {
             loop_device,
+            source: image.to_path_buf(),
             mount_point,
             _created_dirs: created_dirs,
         })
@@ -186,6 +189,11 @@ impl KernelMount {
     /// The loop device, when the image is a file.
     pub fn loop_device(&self) -> Option<&Path> {
         self.loop_device.as_ref().map(LoopDevice::path)
+    }
+
+    /// The block device mounted: the loop device for a file, else the device itself.
+    pub fn device(&self) -> &Path {
+        self.loop_device().unwrap_or(&self.source)
     }
 }
 
@@ -241,7 +249,16 @@ impl OpenedBundle {
         if mode != MountMode::UserSpace {
             match KernelMount::mount(image, ISO_FSTYPE, dev_dir, run_dir) {
                 Ok(mount) => {
-                    info!(bundle = %location.describe(), mount_point = %mount.path().display(), "bundle mounted read-only");
+                    // One line that says which path the agent took: an operator (and the QEMU
+                    // harness) can tell a kernel iso9660 mount from the user-space reader.
+                    info!(
+                        bundle = %location.describe(),
+                        access = "kernel mount",
+                        fstype = ISO_FSTYPE,
+                        device = %mount.device().display(),
+                        mount_point = %mount.path().display(),
+                        "bundle mounted read-only by the kernel"
+                    );
                     return Ok(OpenedBundle {
                         location: location.clone(),
                         reader: Reader::Kernel {
