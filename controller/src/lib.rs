@@ -2,5 +2,6 @@
 //! controller issues).
 
 pub mod agents;
+pub mod cloudstack;
 pub mod pki;
 pub mod userdata;
