@@ -2,11 +2,22 @@
 //!
 //! * [`sign`]: CloudStack's HMAC-SHA1 request signature, both to sign the controller's own calls
 //!   and to verify the calls the controller's API endpoint receives (contract 3).
+//! * [`client`]: [`CloudStackClient`], a signed JSON client over HTTP(S) with async-job polling,
+//!   pagination, retries of read-only commands, a rate limit, and [`CloudStackClient::forward`]
+//!   for the endpoint's drop-in proxy.
+//! * [`types`]: lenient serde types for the CloudStack objects the controller reads.
+//! * [`identity`]: [`IdentityResolver`], who owns an API key (and its secret), cached briefly.
 //!
 //! Secret keys travel as [`SecretKey`], whose `Debug` prints nothing of the key; no function
 //! here logs or formats a secret, a signature or a parameter value into an error.
 
+pub mod client;
+pub mod identity;
 pub mod sign;
+pub mod types;
+
+pub use client::{AsyncJob, ClientConfig, CloudStackClient, CloudStackError, ForwardedResponse};
+pub use identity::{Caller, IdentityError, IdentityResolver, RoleType};
 
 use serde::Deserialize;
 

@@ -1,0 +1,360 @@
+//! Who owns an API key: the caller identity behind the controller's CloudStack-compatible
+//! endpoint (contract 3).
+//!
+//! The endpoint receives requests signed with a user's own CloudStack keys. To verify one it
+//! needs that user's secret key, and to authorise it, the user's account and role. CloudStack
+//! tells an admin both: `getUser userapikey=<key>` names the user, `getUserKeys id=<user>`
+//! returns the key pair. [`IdentityResolver`] asks with the controller's admin client and
+//! caches the answer briefly, so that a burst of requests costs two CloudStack calls, and a
+//! disabled user or a regenerated key takes effect within [`DEFAULT_TTL`].
+//!
+//! Unknown keys are cached too, for a shorter [`DEFAULT_NEGATIVE_TTL`], so that a client
+//! retrying with a bad key does not turn into a stream of admin calls. Lookup failures
+//! (CloudStack down) are not cached.
+//!
+//! Concurrent resolutions of the same key share one lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::SecretKey;
+use super::client::{CloudStackClient, CloudStackError, decode_field};
+use super::types::{User, UserKeys};
+
+/// How long a resolved identity is reused.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// How long an unknown or disabled key stays refused without asking CloudStack again.
+pub const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Above this many cached keys, expired entries are purged (and all of them if that is not
+/// enough), so random keys cannot grow the cache without bound.
+const MAX_CACHED_KEYS: usize = 10_000;
+
+/// A CloudStack role type, the coarse permission level of an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoleType {
+    /// Root admin.
+    Admin,
+    /// Domain admin.
+    DomainAdmin,
+    /// Resource (domain) admin.
+    ResourceAdmin,
+    /// Regular user.
+    User,
+}
+
+// === impl RoleType ===
+
+impl RoleType {
+    /// From `roletype`, or from the legacy `accounttype` (0 user, 1 admin, 2 domain admin,
+    /// 3 resource admin). Anything unrecognised is the least privileged, [`RoleType::User`].
+    pub fn from_user(user: &User) -> Self {
+        match user.roletype.as_deref() {
+            Some("Admin") => Self::Admin,
+            Some("DomainAdmin") => Self::DomainAdmin,
+            Some("ResourceAdmin") => Self::ResourceAdmin,
+            Some("User") => Self::User,
+            _ => match user.accounttype {
+                Some(1) => Self::Admin,
+                Some(2) => Self::DomainAdmin,
+                Some(3) => Self::ResourceAdmin,
+                _ => Self::User,
+            },
+        }
+    }
+}
+
+/// The owner of an API key. `Debug` redacts the secret key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// User id.
+    pub user_id: String,
+    /// Login name.
+    pub username: String,
+    /// Account name.
+    pub account: String,
+    /// Account id.
+    pub account_id: String,
+    /// Domain id.
+    pub domain_id: String,
+    /// Role type.
+    pub role_type: RoleType,
+    /// The API key.
+    pub api_key: String,
+    /// The secret key to verify the caller's signatures with.
+    pub secret_key: SecretKey,
+}
+
+// === impl Caller ===
+
+impl Caller {
+    /// True for root admins.
+    pub fn is_admin(&self) -> bool {
+        self.role_type == RoleType::Admin
+    }
+}
+
+/// An API key could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// CloudStack knows no user with this key (or the user has no secret key).
+    #[error("the API key does not belong to any CloudStack user")]
+    UnknownApiKey,
+    /// The key's user is disabled or locked.
+    #[error("CloudStack user {username} is {state}")]
+    UserDisabled {
+        /// Login name.
+        username: String,
+        /// `disabled` or `locked`.
+        state: String,
+    },
+    /// CloudStack could not be asked (or answered unexpectedly); try again later.
+    #[error("failed to look up the API key's user in CloudStack")]
+    Lookup(#[source] CloudStackError),
+}
+
+/// A definitive refusal, cached negatively.
+#[derive(Debug, Clone)]
+enum Refusal {
+    UnknownApiKey,
+    UserDisabled { username: String, state: String },
+}
+
+impl From<Refusal> for IdentityError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::UnknownApiKey => Self::UnknownApiKey,
+            Refusal::UserDisabled { username, state } => Self::UserDisabled { username, state },
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    until: Instant,
+    outcome: Result<Caller, Refusal>,
+}
+
+/// One key's cache slot; its async lock makes concurrent resolutions share one lookup.
+type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
+
+/// Resolves API keys to [`Caller`]s through the admin commands `getUser` and `getUserKeys`,
+/// with a short-lived cache. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct IdentityResolver {
+    client: CloudStackClient,
+    ttl: Duration,
+    negative_ttl: Duration,
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+// === impl IdentityResolver ===
+
+impl IdentityResolver {
+    /// A resolver over `admin` (a client with root-admin keys) with the default TTLs.
+    pub fn new(admin: CloudStackClient) -> Self {
+        Self::with_ttl(admin, DEFAULT_TTL, DEFAULT_NEGATIVE_TTL)
+    }
+
+    /// A resolver with explicit cache lifetimes (zero disables caching of that kind).
+    pub fn with_ttl(admin: CloudStackClient, ttl: Duration, negative_ttl: Duration) -> Self {
+        Self {
+            client: admin,
+            ttl,
+            negative_ttl,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The owner of `api_key`, from the cache or from CloudStack.
+    ///
+    /// # Errors
+    /// [`IdentityError::UnknownApiKey`] and [`IdentityError::UserDisabled`] are answers (and
+    /// cached); [`IdentityError::Lookup`] means CloudStack could not be asked (not cached).
+    pub async fn resolve(&self, api_key: &str) -> Result<Caller, IdentityError> {
+        if api_key.is_empty() {
+            return Err(IdentityError::UnknownApiKey);
+        }
+        let slot = self.slot(api_key);
+        let mut entry = slot.lock().await;
+        if let Some(cached) = entry.as_ref()
+            && cached.until > Instant::now()
+        {
+            return cached.outcome.clone().map_err(IdentityError::from);
+        }
+        let fetched = self.fetch(api_key).await;
+        let now = Instant::now();
+        *entry = match &fetched {
+            Ok(caller) => Some(Entry {
+                until: now + self.ttl,
+                outcome: Ok(caller.clone()),
+            }),
+            Err(refusal) => refusal.as_refusal().map(|refusal| Entry {
+                until: now + self.negative_ttl,
+                outcome: Err(refusal),
+            }),
+        };
+        fetched
+    }
+
+    /// Forgets `api_key`, e.g. when a signature fails with a cached secret that may have been
+    /// regenerated since.
+    pub fn invalidate(&self, api_key: &str) {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(api_key);
+    }
+
+    fn slot(&self, api_key: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if !slots.contains_key(api_key) && slots.len() >= MAX_CACHED_KEYS {
+            let now = Instant::now();
+            // A slot that is locked is being resolved right now: keep it.
+            slots.retain(|_, slot| {
+                slot.try_lock()
+                    .map(|entry| entry.as_ref().is_some_and(|e| e.until > now))
+                    .unwrap_or(true)
+            });
+            if slots.len() >= MAX_CACHED_KEYS {
+                slots.clear();
+            }
+        }
+        slots.entry(api_key.to_owned()).or_default().clone()
+    }
+
+    async fn fetch(&self, api_key: &str) -> Result<Caller, IdentityError> {
+        let found = match self
+            .client
+            .call("getUser", &[("userapikey", api_key)])
+            .await
+        {
+            Ok(found) => found,
+            // CloudStack: 431 "User with specified API key does not exist".
+            Err(CloudStackError::Api { errorcode: 431, .. }) => {
+                debug!("API key unknown to CloudStack");
+                return Err(IdentityError::UnknownApiKey);
+            }
+            Err(err) => return Err(IdentityError::Lookup(err)),
+        };
+        if found.get("user").is_none() {
+            return Err(IdentityError::UnknownApiKey);
+        }
+        let user: User = decode_field("getUser", &found, "user").map_err(IdentityError::Lookup)?;
+        if user.apikey.as_deref().is_some_and(|k| k != api_key) {
+            warn!(user_id = %user.id, "getUser answered with another user's key; refusing");
+            return Err(IdentityError::UnknownApiKey);
+        }
+        if let Some(state) = user.state.as_deref()
+            && !state.eq_ignore_ascii_case("enabled")
+        {
+            return Err(IdentityError::UserDisabled {
+                username: user.username.clone(),
+                state: state.to_owned(),
+            });
+        }
+        let keys: UserKeys = self
+            .client
+            .call_as("getUserKeys", &[("id", &user.id)], "userkeys")
+            .await
+            .map_err(IdentityError::Lookup)?;
+        if keys.apikey.as_deref().is_some_and(|k| k != api_key) {
+            // The key was regenerated between the two calls; the old one is no longer valid.
+            debug!(user_id = %user.id, "API key replaced while resolving it");
+            return Err(IdentityError::UnknownApiKey);
+        }
+        let Some(secret_key) = keys.secretkey else {
+            return Err(IdentityError::UnknownApiKey);
+        };
+        let role_type = RoleType::from_user(&user);
+        Ok(Caller {
+            user_id: user.id,
+            username: user.username,
+            account: user.account.unwrap_or_default(),
+            account_id: user.accountid.unwrap_or_default(),
+            domain_id: user.domainid.unwrap_or_default(),
+            role_type,
+            api_key: api_key.to_owned(),
+            secret_key,
+        })
+    }
+}
+
+// === impl IdentityError ===
+
+impl IdentityError {
+    fn as_refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::UnknownApiKey => Some(Refusal::UnknownApiKey),
+            Self::UserDisabled { username, state } => Some(Refusal::UserDisabled {
+                username: username.clone(),
+                state: state.clone(),
+            }),
+            Self::Lookup(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn user(value: serde_json::Value) -> User {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn role_type_comes_from_roletype_then_accounttype() {
+        let base = |extra: serde_json::Value| {
+            let mut v = json!({"id": "u", "username": "n"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            user(v)
+        };
+        assert_eq!(
+            RoleType::from_user(&base(json!({"roletype": "Admin"}))),
+            RoleType::Admin
+        );
+        assert_eq!(
+            RoleType::from_user(&base(json!({"roletype": "DomainAdmin", "accounttype": 1}))),
+            RoleType::DomainAdmin
+        );
+        assert_eq!(
+            RoleType::from_user(&base(json!({"accounttype": 3}))),
+            RoleType::ResourceAdmin
+        );
+        assert_eq!(
+            RoleType::from_user(&base(json!({"accounttype": "1"}))),
+            RoleType::Admin
+        );
+        assert_eq!(
+            RoleType::from_user(&base(json!({"roletype": "Wizard"}))),
+            RoleType::User
+        );
+    }
+
+    #[test]
+    fn caller_debug_redacts_the_secret() {
+        let caller = Caller {
+            user_id: "u".into(),
+            username: "alice".into(),
+            account: "acct".into(),
+            account_id: "a".into(),
+            domain_id: "d".into(),
+            role_type: RoleType::User,
+            api_key: "AK".into(),
+            secret_key: SecretKey::new("hunter2-secret"),
+        };
+        let debug = format!("{caller:?}");
+        assert!(
+            debug.contains("alice") && !debug.contains("hunter2-secret"),
+            "{debug}"
+        );
+    }
+}
