@@ -6,6 +6,7 @@
 # and assembly need musl-tools' x86_64-linux-musl-gcc). When the target cannot be installed or
 # used (no rustup, `rustup target add` refused, no musl-gcc, or the build fails), it falls back
 # to the glibc release binary plus the libraries `ldd` lists, which the initramfs carries too.
+# CKS_AGENT_NO_MUSL=1 forces the fallback (to test it).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,6 +18,10 @@ OUT=${CKS_VM_DIR:-$ROOT/target/vm}/agent
 log() { echo "agent-static: $*" >&2; }
 
 musl_usable() {
+  if [[ -n ${CKS_AGENT_NO_MUSL:-} ]]; then
+    log "CKS_AGENT_NO_MUSL is set"
+    return 1
+  fi
   if ! command -v x86_64-linux-musl-gcc >/dev/null 2>&1; then
     log "x86_64-linux-musl-gcc not found (Debian package musl-tools)"
     return 1
@@ -27,7 +32,8 @@ musl_usable() {
   fi
   if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
     log "adding the $TARGET target"
-    if ! rustup target add "$TARGET" >&2; then
+    # Bounded: where the toolchain server is unreachable, fall back instead of hanging.
+    if ! timeout 180 rustup target add "$TARGET" >&2; then
       log "rustup could not add $TARGET"
       return 1
     fi
