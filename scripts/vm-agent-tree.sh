@@ -15,11 +15,12 @@ rm -rf "$TMP"
 mkdir -p "$TMP/bin"
 # Debug info is most of a Rust binary; the guest only runs it.
 strip -o "$TMP/bin/cks-agent" "$BIN"
-if ldd "$BIN" >/dev/null 2>&1 && ! ldd "$BIN" 2>&1 | grep -q 'statically linked'; then
+# A static binary: ldd fails ("not a dynamic executable") or, for static-pie, says so.
+if deps=$(ldd "$BIN" 2>&1) && [[ $deps != *'statically linked'* ]]; then
   kind=glibc
   # Lines look like `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or
   # `/lib64/ld-linux-x86-64.so.2 (0x…)`; linux-vdso has no file.
-  ldd "$BIN" | grep -o '/[^ ]*' | while read -r lib; do
+  grep -o '/[^ ]*' <<<"$deps" | while read -r lib; do
     mkdir -p "$TMP$(dirname "$lib")"
     cp -L "$lib" "$TMP$lib"
   done

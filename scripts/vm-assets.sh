@@ -66,14 +66,16 @@ if [[ ! -x $QEMU_BIN ]]; then
   rm -rf "$VM/qemu"
   mv "$VM/qemu.tmp" "$VM/qemu"
 fi
-if ldd "$QEMU_BIN" | grep -q 'not found'; then
+# (ldd's output is captured first: `ldd | grep -q` can fail on SIGPIPE under pipefail.)
+if [[ $(ldd "$QEMU_BIN") == *'not found'* ]]; then
   need_root "apt-get install the libraries qemu-system-x86_64 needs"
   log "installing QEMU's shared libraries"
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq --no-install-recommends "${QEMU_LIBS[@]}" >/dev/null ||
     { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${QEMU_LIBS[@]}" >/dev/null; }
 fi
-if ldd "$QEMU_BIN" | grep 'not found'; then
+if [[ $(ldd "$QEMU_BIN") == *'not found'* ]]; then
+  ldd "$QEMU_BIN" | grep 'not found' >&2 || true
   log "qemu-system-x86_64 still misses the libraries above; add their packages to QEMU_LIBS"
   exit 1
 fi
