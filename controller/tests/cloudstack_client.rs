@@ -8,7 +8,9 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use cks_controller::cloudstack::client::{RateLimit, RetryPolicy, decode_field};
 use cks_controller::cloudstack::types::{
-    GuestIpType, Network, NetworkOffering, ServiceOffering, Template, VirtualMachine, VmState, Zone,
+    Account, AsyncJobResult, Configuration, FirewallRule, GuestIpType, Iso, JobStatus,
+    LoadBalancerRule, Network, NetworkOffering, PortForwardingRule, PublicIpAddress,
+    ServiceOffering, Tag, Template, User, VirtualMachine, VmState, Zone,
 };
 use cks_controller::cloudstack::{
     ClientConfig, CloudStackClient, CloudStackError, IdentityError, IdentityResolver, RoleType,
@@ -581,4 +583,170 @@ async fn the_rate_limit_spaces_requests() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn typed_lists_decode_the_simulators_objects() {
+    let sim = start().await;
+    let cs = client(&sim, sim.user_keys());
+    let (zone, offering, template) = seeded_ids(&cs).await;
+    let network = create_network(&cs, &zone, "c4-network").await;
+    let deployed = cs
+        .call_async(
+            "deployVirtualMachine",
+            &[
+                ("zoneid", &zone),
+                ("serviceofferingid", &offering),
+                ("templateid", &template),
+                ("networkids", &network.id),
+                ("name", "c4-control-1"),
+            ],
+            deadline(),
+        )
+        .await
+        .unwrap();
+    let vm: VirtualMachine =
+        decode_field("deployVirtualMachine", &deployed, "virtualmachine").unwrap();
+
+    let ips: Vec<PublicIpAddress> = cs
+        .list_all(&[
+            ("associatednetworkid", &network.id),
+            ("issourcenat", "true"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(ips.len(), 1);
+    let ip = &ips[0];
+    assert!(ip.issourcenat);
+    assert_eq!(ip.associatednetworkid.as_deref(), Some(network.id.as_str()));
+
+    let fw = cs
+        .call_async(
+            "createFirewallRule",
+            &[
+                ("ipaddressid", &ip.id),
+                ("protocol", "tcp"),
+                ("startport", "6443"),
+                ("endport", "6443"),
+                ("cidrlist", "0.0.0.0/0"),
+            ],
+            deadline(),
+        )
+        .await
+        .unwrap();
+    let fw: FirewallRule = decode_field("createFirewallRule", &fw, "firewallrule").unwrap();
+    cs.call_async(
+        "createPortForwardingRule",
+        &[
+            ("ipaddressid", &ip.id),
+            ("protocol", "tcp"),
+            ("publicport", "2222"),
+            ("privateport", "22"),
+            ("virtualmachineid", &vm.id),
+            ("openfirewall", "false"),
+        ],
+        deadline(),
+    )
+    .await
+    .unwrap();
+    cs.call_async(
+        "createLoadBalancerRule",
+        &[
+            ("name", "api-lb"),
+            ("publicipid", &ip.id),
+            ("publicport", "6443"),
+            ("privateport", "6443"),
+            ("algorithm", "roundrobin"),
+            ("networkid", &network.id),
+            ("openfirewall", "false"),
+        ],
+        deadline(),
+    )
+    .await
+    .unwrap();
+
+    let firewall: Vec<FirewallRule> = cs.list_all(&[("ipaddressid", &ip.id)]).await.unwrap();
+    assert_eq!(firewall, vec![fw.clone()]);
+    assert_eq!((fw.startport, fw.endport), (Some(6443), Some(6443)));
+    let forwards: Vec<PortForwardingRule> = cs.list_all(&[("ipaddressid", &ip.id)]).await.unwrap();
+    assert_eq!(forwards.len(), 1);
+    assert_eq!(
+        (forwards[0].publicport, forwards[0].privateport),
+        (Some(2222), Some(22))
+    );
+    assert_eq!(
+        forwards[0].virtualmachineid.as_deref(),
+        Some(vm.id.as_str())
+    );
+    let balancers: Vec<LoadBalancerRule> = cs.list_all(&[("publicipid", &ip.id)]).await.unwrap();
+    assert_eq!(balancers.len(), 1);
+    assert_eq!(balancers[0].name.as_deref(), Some("api-lb"));
+    assert_eq!(balancers[0].publicport, Some(6443));
+
+    cs.call_async(
+        "createTags",
+        &[
+            ("resourceids", &vm.id),
+            ("resourcetype", "UserVm"),
+            ("tags[0].key", "cks-cluster"),
+            ("tags[0].value", "c4"),
+        ],
+        deadline(),
+    )
+    .await
+    .unwrap();
+    let tags: Vec<Tag> = cs.list_all(&[("resourceid", &vm.id)]).await.unwrap();
+    assert_eq!(tags.len(), 1);
+    assert_eq!(
+        (tags[0].key.as_str(), tags[0].value.as_str()),
+        ("cks-cluster", "c4")
+    );
+    assert_eq!(tags[0].resourceid.as_deref(), Some(vm.id.as_str()));
+
+    let offerings: Vec<NetworkOffering> = cs
+        .list_all(&[("name", "DefaultNetworkOfferingforKubernetesService")])
+        .await
+        .unwrap();
+    assert!(offerings[0].has_service("SourceNat") && offerings[0].has_service("Lb"));
+
+    let jobs: Vec<AsyncJobResult> = cs.list_all(&[]).await.unwrap();
+    assert!(
+        jobs.iter().all(|j| j.status() == JobStatus::Succeeded),
+        "{jobs:?}"
+    );
+    assert!(jobs.len() >= 5);
+
+    let accounts: Vec<Account> = cs.list_all(&[]).await.unwrap();
+    assert_eq!(accounts.len(), 1);
+    assert_eq!(accounts[0].user[0].id, sim.user_keys().user_id);
+    let users: Vec<User> = cs.list_all(&[]).await.unwrap();
+    assert_eq!(users[0].roletype.as_deref(), Some("User"));
+
+    let admin = client(&sim, sim.admin_keys());
+    let settings: Vec<Configuration> = admin
+        .list_all(&[("name", "default.page.size")])
+        .await
+        .unwrap();
+    assert_eq!(settings[0].value.as_deref(), Some("500"));
+    let registered: Value = admin
+        .call(
+            "registerIso",
+            &[
+                ("name", "v1.33.1-Kubernetes-Binaries-ISO"),
+                ("url", "file:///nonexistent/cks.iso"),
+                ("zoneid", &zone),
+                ("ispublic", "true"),
+                ("bootable", "false"),
+            ],
+        )
+        .await
+        .unwrap();
+    let iso_id = registered["iso"][0]["id"].as_str().unwrap().to_owned();
+    let isos: Vec<Iso> = admin
+        .list_all(&[("isofilter", "self"), ("id", &iso_id)])
+        .await
+        .unwrap();
+    assert_eq!(isos.len(), 1);
+    assert!(!isos[0].bootable);
+    assert_eq!(isos[0].zoneid.as_deref(), Some(zone.as_str()));
 }
