@@ -79,9 +79,7 @@ struct Bundles {
 fn bundles() -> &'static Bundles {
     static BUNDLES: OnceLock<Bundles> = OnceLock::new();
     BUNDLES.get_or_init(|| {
-        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("qemu-harness");
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).expect("work dir");
+        let work = work_dir();
 
         let upstream = Upstream::start(RegistryAuth::None).expect("local upstream");
         let spec = ReleaseSpec::parse(&upstream.spec_text("amd64"), Path::new(".")).expect("spec");
@@ -142,6 +140,26 @@ fn bundles() -> &'static Bundles {
             assets,
         }
     })
+}
+
+/// This process's scratch directory, `target/tmp/qemu-harness-<pid>`: a static outlives the
+/// tests, so it is not a `TempDir`; instead each run removes the directories of runs whose
+/// process is gone (several runs may share the checkout).
+fn work_dir() -> PathBuf {
+    const PREFIX: &str = "qemu-harness-";
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(PREFIX)
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let work = base.join(format!("{PREFIX}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("work dir");
+    work
 }
 
 /// `cks-agent install --mount user-space` of `iso` into a fresh root on the host: every file
