@@ -244,7 +244,7 @@ async fn a_failed_job_is_a_job_error_with_its_code() {
 #[tokio::test]
 async fn a_job_still_running_at_the_deadline_can_be_awaited_again() {
     let mut config = SimConfig::for_tests();
-    config.job_duration = Duration::from_millis(400);
+    config.job_duration = Duration::from_millis(1500);
     let sim = start_with(config).await;
     let cs = client(&sim, sim.user_keys());
     let (zone, offering, template) = seeded_ids(&cs).await;

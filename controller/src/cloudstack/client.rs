@@ -32,7 +32,9 @@
 //! # Secrets
 //! The secret key lives in a [`SecretKey`]. Spans carry the command name only, never parameter
 //! values (userdata, passwords and keys travel as parameters), and errors never contain the
-//! request URL (reqwest's errors would otherwise print the signed query).
+//! request URL (reqwest's errors would otherwise print the signed query). The spans are at
+//! `info` level so that the retry warnings inside them keep the command name; they emit
+//! nothing themselves.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -45,7 +47,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio::time::Instant;
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use super::SecretKey;
 use super::sign;
@@ -479,7 +481,7 @@ impl CloudStackClient {
         command: &str,
         params: &[(&str, &str)],
     ) -> Result<Value, CloudStackError> {
-        let span = debug_span!("cloudstack", command = %command);
+        let span = info_span!("cloudstack", command = %command);
         self.call_with_retries(command, params)
             .instrument(span)
             .await
@@ -611,7 +613,7 @@ impl CloudStackClient {
         job_id: &str,
         deadline: Instant,
     ) -> Result<Value, CloudStackError> {
-        let span = debug_span!("cloudstack_job", job_id = %job_id);
+        let span = info_span!("cloudstack_job", job_id = %job_id);
         async {
             let policy = self.inner.config.job_poll;
             let mut interval = policy.initial_interval;
@@ -675,7 +677,7 @@ impl CloudStackClient {
         content_type: Option<&str>,
     ) -> Result<ForwardedResponse, CloudStackError> {
         let command = forwarded_command(query, &body, content_type);
-        let span = debug_span!("cloudstack_forward", command = %command, %method);
+        let span = info_span!("cloudstack_forward", command = %command, %method);
         async {
             let mut url = self.inner.endpoint.clone();
             url.set_query(query.filter(|q| !q.is_empty()));
