@@ -235,7 +235,8 @@ label() {{ dd if=/dev/$1 bs=2048 skip=16 count=1 2>/dev/null | dd bs=1 skip=40 c
 for d in $(ls /sys/class/block | grep '^sr'); do echo "CKS-DEV $d $(label $d)"; done
 mount -t tmpfs node /node
 export CKS_FAKE_CTR_LOG=/tmp/ctr.log RUST_LOG=info,cks_agent::bundle=debug
-[ -f /agent-kind-glibc ] && export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/lib64
+# A glibc agent (the fallback of make agent-static) brought its libraries along.
+[ "$(cat /KIND)" = glibc ] && export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/lib64
 # agent NAME ARGS…: runs cks-agent, tags its log lines with NAME, keeps its exit code in rc_NAME.
 agent() {{
   name=$1; shift
@@ -262,9 +263,14 @@ agent install install $AGENT
 for d in $(ls /sys/class/block | grep '^sr'); do [ "$(label $d)" = CDROM ] && dd if=/dev/$d of=/tmp/bundle.iso bs=64k 2>/dev/null; done
 mkdir -p /tmp/loop-root
 agent loopverify verify --bundle /tmp/bundle.iso --mount kernel --root /tmp/loop-root
-sleep 0.2
-loops=0
-for b in /sys/block/loop*/loop/backing_file; do [ -f "$b" ] && loops=$((loops+1)); done
+# The kernel clears an autoclear loop device shortly after the unmount: poll, bounded (2 s).
+n=0
+while :; do
+  loops=0
+  for b in /sys/block/loop*/loop/backing_file; do [ -f "$b" ] && loops=$((loops+1)); done
+  [ $loops -eq 0 ] || [ $n -ge 40 ] && break
+  sleep 0.05; n=$((n+1))
+done
 result="scenario=good verify=$rc_verify install=$rc_install loopverify=$rc_loopverify attached_loops=$loops"
 "#;
 
@@ -414,10 +420,8 @@ fn boot(name: &str, bundle: &Path, body: &str) -> Report {
         );
         names.push(file_name.trim_end_matches(".ko").to_string());
     }
+    // bin/cks-agent, KIND, and for a glibc agent its libraries.
     initramfs.tree(&assets.agent_tree);
-    if assets.agent_kind == "glibc" {
-        initramfs.file("agent-kind-glibc", 0o644, b"");
-    }
     initramfs.file("init", 0o755, init_script(&names, body).as_bytes());
     let initramfs_path = dir.join("initramfs.cpio");
     initramfs.write(&initramfs_path).expect("write initramfs");
