@@ -34,7 +34,8 @@ vm-assets:
 agent-static: deps
 	@CARGO="$(CARGO)" scripts/agent-static.sh
 
-## make test-vm: only the QEMU harness (two TCG boots, ~6 s each, run in parallel).
+## make test-vm: only the QEMU harness (two TCG boots run in parallel: 7–13 s wall each on the
+## 2-core machines, ~13–20 s for the whole test with the ISO build).
 test-vm: deps agent-static
 	$(CARGO) test -p cks-agent --test qemu
 
