@@ -123,6 +123,81 @@ impl MemoryTokens {
     }
 }
 
+/// Tokens in the controller's store (digests only), so nodes deployed before a controller
+/// restart can still enroll after it.
+pub struct StoreTokens {
+    store: std::sync::Arc<dyn crate::store::Store>,
+}
+
+impl StoreTokens {
+    /// Tokens kept in `store`.
+    pub fn new(store: std::sync::Arc<dyn crate::store::Store>) -> Self {
+        StoreTokens { store }
+    }
+}
+
+fn unix(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl EnrollmentTokens for StoreTokens {
+    fn issue(&self, identity: NodeIdentity, ttl: Duration) -> String {
+        let token = generate_token();
+        let record = crate::store::TokenRecord {
+            digest: token_digest(&token),
+            cluster_id: identity.cluster_id.clone(),
+            node_name: identity.node_name.clone(),
+            role: identity.role.as_str_name().to_string(),
+            expires: unix(SystemTime::now() + ttl),
+            used: false,
+        };
+        if let Err(err) = self.store.put_token(&record) {
+            // The node will fail to enroll and say so; the workflow times out and reports it.
+            tracing::error!(error = %crate::error_chain(&err), node = %identity.node_name,
+                "cannot store an enrollment token");
+        }
+        token
+    }
+
+    fn consume(&self, token: &str, node_name: &str) -> Result<NodeIdentity, TokenError> {
+        let record = self
+            .store
+            .take_token(&token_digest(token))
+            .map_err(|err| {
+                tracing::error!(error = %crate::error_chain(&err), "cannot read enrollment tokens");
+                TokenError::Unknown
+            })?
+            .ok_or(TokenError::Unknown)?;
+        if record.used {
+            return Err(TokenError::Used);
+        }
+        if unix(SystemTime::now()) > record.expires {
+            return Err(TokenError::Expired);
+        }
+        if record.node_name != node_name {
+            return Err(TokenError::WrongNode {
+                expected: record.node_name,
+                got: node_name.to_string(),
+            });
+        }
+        let role = cks_proto::agent::NodeRole::from_str_name(&record.role)
+            .unwrap_or(cks_proto::agent::NodeRole::Worker);
+        Ok(NodeIdentity {
+            cluster_id: record.cluster_id,
+            node_name: record.node_name,
+            role,
+        })
+    }
+
+    fn revoke_cluster(&self, cluster_id: &str) {
+        if let Err(err) = self.store.delete_tokens(cluster_id) {
+            tracing::error!(error = %crate::error_chain(&err), "cannot delete enrollment tokens");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use cks_proto::agent::NodeRole;

@@ -1,0 +1,669 @@
+//! The CloudStack operations the controller performs, in its own words: typed, scoped to the
+//! cluster owner's account, and written so a workflow step can look up what an earlier,
+//! interrupted run of the same step already made.
+//!
+//! The controller calls CloudStack with its service (admin) keys and creates every resource in
+//! the cluster owner's account (`account` + `domainid`), as CKS does. Each resource it makes is
+//! tagged `cks.cluster=<cluster id>` (VMs, networks, public IPs) or carries the cluster id in its
+//! name or description, so a resumed step or a delete finds it.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::cloudstack::client::decode_field;
+use crate::cloudstack::types::{
+    FirewallRule, Iso, LoadBalancerRule, Network, NetworkOffering, PortForwardingRule,
+    PublicIpAddress, ServiceOffering, SshKeyPair, Template, VirtualMachine, Zone,
+};
+use crate::cloudstack::{CloudStackClient, CloudStackError};
+use crate::store::Owner;
+
+/// The tag key that marks what the controller made for a cluster.
+pub const CLUSTER_TAG: &str = "cks.cluster";
+/// How long one CloudStack async job may take before the step gives up waiting.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// CloudStack, as the workflows use it.
+#[derive(Debug, Clone)]
+pub struct Cloud {
+    client: CloudStackClient,
+    job_timeout: Duration,
+}
+
+/// What a node VM is deployed with.
+#[derive(Debug, Clone)]
+pub struct DeployRequest<'a> {
+    /// The owner.
+    pub owner: &'a Owner,
+    /// Zone.
+    pub zone_id: &'a str,
+    /// Offering.
+    pub service_offering_id: &'a str,
+    /// Node template.
+    pub template_id: &'a str,
+    /// The cluster network.
+    pub network_id: &'a str,
+    /// VM name = host name.
+    pub name: &'a str,
+    /// Userdata, plain (encoded here).
+    pub userdata: &'a str,
+    /// SSH key pair name.
+    pub keypair: Option<&'a str>,
+    /// Root disk, GB.
+    pub root_disk_size: Option<u64>,
+}
+
+fn owner_params(owner: &Owner) -> [(&'static str, &str); 2] {
+    [("account", &owner.account), ("domainid", &owner.domain_id)]
+}
+
+// === impl Cloud ===
+
+impl Cloud {
+    /// Operations over `client`.
+    pub fn new(client: CloudStackClient) -> Self {
+        Cloud {
+            client,
+            job_timeout: DEFAULT_JOB_TIMEOUT,
+        }
+    }
+
+    /// The client (for the API endpoint's proxy and identity lookups).
+    pub fn client(&self) -> &CloudStackClient {
+        &self.client
+    }
+
+    async fn job(&self, command: &str, params: &[(&str, &str)]) -> Result<Value, CloudStackError> {
+        self.client
+            .call_async(command, params, Instant::now() + self.job_timeout)
+            .await
+    }
+
+    async fn first<T: crate::cloudstack::types::ListResource>(
+        &self,
+        params: &[(&str, &str)],
+    ) -> Result<Option<T>, CloudStackError> {
+        Ok(self.client.list_all::<T>(params).await?.into_iter().next())
+    }
+
+    /// A zone.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn zone(&self, id: &str) -> Result<Option<Zone>, CloudStackError> {
+        match self.first::<Zone>(&[("id", id)]).await {
+            Err(err) if err.errorcode() == Some(431) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// A service offering.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn service_offering(
+        &self,
+        id: &str,
+    ) -> Result<Option<ServiceOffering>, CloudStackError> {
+        match self.first::<ServiceOffering>(&[("id", id)]).await {
+            Err(err) if err.errorcode() == Some(431) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// An executable template by id or name, in a zone.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn template(
+        &self,
+        id_or_name: &str,
+        zone_id: &str,
+    ) -> Result<Option<Template>, CloudStackError> {
+        let templates = self
+            .client
+            .list_all::<Template>(&[("templatefilter", "executable"), ("zoneid", zone_id)])
+            .await?;
+        Ok(templates
+            .into_iter()
+            .find(|t| t.id == id_or_name || t.name == id_or_name))
+    }
+
+    /// An ISO.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn iso(&self, id: &str) -> Result<Option<Iso>, CloudStackError> {
+        match self.first::<Iso>(&[("id", id), ("isofilter", "all")]).await {
+            Err(err) if err.errorcode() == Some(431) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// Registers a version's binaries ISO (public, not bootable), as CKS does.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn register_iso(
+        &self,
+        name: &str,
+        url: &str,
+        zone_id: Option<&str>,
+        checksum: Option<&str>,
+        arch: &str,
+        direct_download: bool,
+    ) -> Result<Iso, CloudStackError> {
+        let direct = if direct_download { "true" } else { "false" };
+        let mut params = vec![
+            ("name", name),
+            ("displaytext", name),
+            ("url", url),
+            ("zoneid", zone_id.unwrap_or("-1")),
+            ("ispublic", "true"),
+            ("bootable", "false"),
+            ("directdownload", direct),
+            ("arch", arch),
+        ];
+        if let Some(checksum) = checksum {
+            params.push(("checksum", checksum));
+        }
+        let value = self.client.call("registerIso", &params).await?;
+        let isos: Vec<Iso> = decode_field("registerIso", &value, "iso")?;
+        isos.into_iter()
+            .next()
+            .ok_or_else(|| CloudStackError::MissingField {
+                command: "registerIso".into(),
+                field: "iso".into(),
+            })
+    }
+
+    /// Deletes an ISO.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn delete_iso(&self, id: &str) -> Result<(), CloudStackError> {
+        self.job("deleteIso", &[("id", id)]).await.map(drop)
+    }
+
+    /// A network.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn network(&self, id: &str) -> Result<Option<Network>, CloudStackError> {
+        match self
+            .first::<Network>(&[("id", id), ("listall", "true")])
+            .await
+        {
+            Err(err) if err.errorcode() == Some(431) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// A network offering by name.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn network_offering(
+        &self,
+        name: &str,
+    ) -> Result<Option<NetworkOffering>, CloudStackError> {
+        let offerings = self
+            .client
+            .list_all::<NetworkOffering>(&[("name", name)])
+            .await?;
+        Ok(offerings.into_iter().find(|o| o.name == name))
+    }
+
+    /// The owner's networks whose description names `marker` (a cluster id).
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn networks_marked(
+        &self,
+        owner: &Owner,
+        marker: &str,
+    ) -> Result<Vec<Network>, CloudStackError> {
+        let networks = self
+            .client
+            .list_all::<Network>(&owner_params(owner))
+            .await?;
+        Ok(networks
+            .into_iter()
+            .filter(|n| n.displaytext.as_deref().is_some_and(|d| d.contains(marker)))
+            .collect())
+    }
+
+    /// Creates an isolated network for a cluster.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn create_network(
+        &self,
+        owner: &Owner,
+        zone_id: &str,
+        offering_id: &str,
+        name: &str,
+        displaytext: &str,
+    ) -> Result<Network, CloudStackError> {
+        let mut params = vec![
+            ("zoneid", zone_id),
+            ("networkofferingid", offering_id),
+            ("name", name),
+            ("displaytext", displaytext),
+        ];
+        params.extend(owner_params(owner));
+        let value = self.client.call("createNetwork", &params).await?;
+        decode_field("createNetwork", &value, "network")
+    }
+
+    /// Deletes a network (forced, as CKS does).
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn delete_network(&self, id: &str) -> Result<(), CloudStackError> {
+        self.job("deleteNetwork", &[("id", id), ("forced", "true")])
+            .await
+            .map(drop)
+    }
+
+    /// The public IPs of a network.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn public_ips(
+        &self,
+        network_id: &str,
+    ) -> Result<Vec<PublicIpAddress>, CloudStackError> {
+        self.client
+            .list_all::<PublicIpAddress>(&[
+                ("associatednetworkid", network_id),
+                ("listall", "true"),
+            ])
+            .await
+    }
+
+    /// Acquires a public IP for a network (the first one becomes its source NAT).
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn associate_ip(
+        &self,
+        owner: &Owner,
+        network_id: &str,
+    ) -> Result<PublicIpAddress, CloudStackError> {
+        let mut params = vec![("networkid", network_id)];
+        params.extend(owner_params(owner));
+        let value = self.job("associateIpAddress", &params).await?;
+        decode_field("associateIpAddress", &value, "ipaddress")
+    }
+
+    /// Firewall rules on a public IP.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn firewall_rules(&self, ip_id: &str) -> Result<Vec<FirewallRule>, CloudStackError> {
+        self.client
+            .list_all::<FirewallRule>(&[("ipaddressid", ip_id), ("listall", "true")])
+            .await
+    }
+
+    /// Opens TCP `start..=end` on a public IP from anywhere.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn create_firewall_rule(
+        &self,
+        ip_id: &str,
+        start: u16,
+        end: u16,
+    ) -> Result<(), CloudStackError> {
+        let (start, end) = (start.to_string(), end.to_string());
+        self.job(
+            "createFirewallRule",
+            &[
+                ("ipaddressid", ip_id),
+                ("protocol", "tcp"),
+                ("startport", &start),
+                ("endport", &end),
+                ("cidrlist", "0.0.0.0/0"),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Deletes a firewall rule.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn delete_firewall_rule(&self, id: &str) -> Result<(), CloudStackError> {
+        self.job("deleteFirewallRule", &[("id", id)])
+            .await
+            .map(drop)
+    }
+
+    /// Load balancer rules on a public IP.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn lb_rules(&self, ip_id: &str) -> Result<Vec<LoadBalancerRule>, CloudStackError> {
+        self.client
+            .list_all::<LoadBalancerRule>(&[("publicipid", ip_id), ("listall", "true")])
+            .await
+    }
+
+    /// Creates CKS's `api-lb` rule: `port → port`, TCP, round robin, no automatic firewall rule.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn create_lb_rule(
+        &self,
+        ip_id: &str,
+        network_id: &str,
+        name: &str,
+        description: &str,
+        port: u16,
+    ) -> Result<LoadBalancerRule, CloudStackError> {
+        let port = port.to_string();
+        let value = self
+            .job(
+                "createLoadBalancerRule",
+                &[
+                    ("name", name),
+                    ("description", description),
+                    ("publicipid", ip_id),
+                    ("networkid", network_id),
+                    ("privateport", &port),
+                    ("publicport", &port),
+                    ("algorithm", "roundrobin"),
+                    ("protocol", "tcp"),
+                    ("openfirewall", "false"),
+                ],
+            )
+            .await?;
+        decode_field("createLoadBalancerRule", &value, "loadbalancer")
+    }
+
+    /// Adds VMs to a load balancer rule.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn assign_to_lb(
+        &self,
+        rule_id: &str,
+        vm_ids: &[&str],
+    ) -> Result<(), CloudStackError> {
+        let ids = vm_ids.join(",");
+        self.job(
+            "assignToLoadBalancerRule",
+            &[("id", rule_id), ("virtualmachineids", &ids)],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Deletes a load balancer rule.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn delete_lb_rule(&self, id: &str) -> Result<(), CloudStackError> {
+        self.job("deleteLoadBalancerRule", &[("id", id)])
+            .await
+            .map(drop)
+    }
+
+    /// Port forwarding rules on a public IP.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn pf_rules(&self, ip_id: &str) -> Result<Vec<PortForwardingRule>, CloudStackError> {
+        self.client
+            .list_all::<PortForwardingRule>(&[("ipaddressid", ip_id), ("listall", "true")])
+            .await
+    }
+
+    /// Forwards `public_port` of a public IP to `private_port` of a VM.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn create_pf_rule(
+        &self,
+        ip_id: &str,
+        network_id: &str,
+        vm_id: &str,
+        public_port: u16,
+        private_port: u16,
+    ) -> Result<(), CloudStackError> {
+        let (public, private) = (public_port.to_string(), private_port.to_string());
+        self.job(
+            "createPortForwardingRule",
+            &[
+                ("ipaddressid", ip_id),
+                ("networkid", network_id),
+                ("virtualmachineid", vm_id),
+                ("publicport", &public),
+                ("privateport", &private),
+                ("protocol", "tcp"),
+                ("openfirewall", "false"),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Deletes a port forwarding rule.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn delete_pf_rule(&self, id: &str) -> Result<(), CloudStackError> {
+        self.job("deletePortForwardingRule", &[("id", id)])
+            .await
+            .map(drop)
+    }
+
+    /// A VM by id (any account).
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn vm(&self, id: &str) -> Result<Option<VirtualMachine>, CloudStackError> {
+        match self
+            .first::<VirtualMachine>(&[("id", id), ("listall", "true")])
+            .await
+        {
+            Err(err) if err.errorcode() == Some(431) => Ok(None),
+            other => other,
+        }
+    }
+
+    /// The owner's VMs called `name`.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn vms_named(
+        &self,
+        owner: &Owner,
+        name: &str,
+    ) -> Result<Vec<VirtualMachine>, CloudStackError> {
+        let mut params = vec![("name", name)];
+        params.extend(owner_params(owner));
+        let vms = self.client.list_all::<VirtualMachine>(&params).await?;
+        Ok(vms.into_iter().filter(|vm| vm.name == name).collect())
+    }
+
+    /// The ids of resources of `resource_type` tagged with the cluster's id.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn tagged(
+        &self,
+        resource_type: &str,
+        cluster_id: &str,
+    ) -> Result<Vec<String>, CloudStackError> {
+        let tags: Vec<Value> = self
+            .client
+            .list(
+                "listTags",
+                &[
+                    ("resourcetype", resource_type),
+                    ("key", CLUSTER_TAG),
+                    ("value", cluster_id),
+                    ("listall", "true"),
+                ],
+                "tag",
+            )
+            .await?;
+        let mut ids: Vec<String> = tags
+            .iter()
+            .filter(|t| t.get("value").and_then(Value::as_str) == Some(cluster_id))
+            .filter_map(|t| t.get("resourceid").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// Tags resources with the cluster's id.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn tag(
+        &self,
+        resource_type: &str,
+        ids: &[&str],
+        cluster_id: &str,
+    ) -> Result<(), CloudStackError> {
+        let ids = ids.join(",");
+        self.job(
+            "createTags",
+            &[
+                ("resourceids", &ids),
+                ("resourcetype", resource_type),
+                ("tags[0].key", CLUSTER_TAG),
+                ("tags[0].value", cluster_id),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Deploys a node VM, stopped (the ISO is attached before its first boot).
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn deploy_vm(
+        &self,
+        request: &DeployRequest<'_>,
+    ) -> Result<VirtualMachine, CloudStackError> {
+        use base64::Engine as _;
+        let userdata = base64::engine::general_purpose::STANDARD.encode(request.userdata);
+        let disk = request.root_disk_size.map(|s| s.to_string());
+        let mut params = vec![
+            ("zoneid", request.zone_id),
+            ("serviceofferingid", request.service_offering_id),
+            ("templateid", request.template_id),
+            ("networkids", request.network_id),
+            ("name", request.name),
+            ("displayname", request.name),
+            ("userdata", &userdata),
+            ("startvm", "false"),
+        ];
+        params.extend(owner_params(request.owner));
+        if let Some(keypair) = request.keypair {
+            params.push(("keypairs", keypair));
+        }
+        if let Some(disk) = &disk {
+            params.push(("rootdisksize", disk));
+        }
+        let value = self.job("deployVirtualMachine", &params).await?;
+        decode_field("deployVirtualMachine", &value, "virtualmachine")
+    }
+
+    /// Attaches an ISO to a VM.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn attach_iso(&self, iso_id: &str, vm_id: &str) -> Result<(), CloudStackError> {
+        self.job(
+            "attachIso",
+            &[
+                ("id", iso_id),
+                ("virtualmachineid", vm_id),
+                ("forced", "true"),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Detaches a VM's ISO.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn detach_iso(&self, vm_id: &str) -> Result<(), CloudStackError> {
+        self.job(
+            "detachIso",
+            &[("virtualmachineid", vm_id), ("forced", "true")],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Starts a VM.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn start_vm(&self, vm_id: &str) -> Result<(), CloudStackError> {
+        self.job("startVirtualMachine", &[("id", vm_id)])
+            .await
+            .map(drop)
+    }
+
+    /// Destroys and expunges a VM.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn destroy_vm(&self, vm_id: &str) -> Result<(), CloudStackError> {
+        self.job(
+            "destroyVirtualMachine",
+            &[("id", vm_id), ("expunge", "true")],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The owner's SSH key pair called `name`.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn keypair(
+        &self,
+        owner: &Owner,
+        name: &str,
+    ) -> Result<Option<SshKeyPair>, CloudStackError> {
+        let mut params = vec![("name", name)];
+        params.extend(owner_params(owner));
+        let pairs = self.client.list_all::<SshKeyPair>(&params).await?;
+        Ok(pairs.into_iter().find(|k| k.name == name))
+    }
+
+    /// VMs as CloudStack renders them (raw JSON, for `virtualmachines` in responses).
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn vms_json(&self, ids: &[&str]) -> Result<Vec<Value>, CloudStackError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = ids.join(",");
+        self.client
+            .list(
+                "listVirtualMachines",
+                &[("ids", &ids), ("listall", "true")],
+                "virtualmachine",
+            )
+            .await
+    }
+}

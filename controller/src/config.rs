@@ -1,0 +1,386 @@
+//! The controller's configuration: a TOML file, each key overridable by an environment
+//! variable, validated as a whole (every problem reported at once) before anything binds a port
+//! or calls CloudStack.
+//!
+//! ```toml
+//! data_dir = "/var/lib/cks-controller"     # state.db, pki/, secrets.key
+//!
+//! [cloudstack]
+//! endpoint = "http://cloudstack:8080/client/api"
+//! api_key = "…"                           # an admin's keys (getUser/getUserKeys need them)
+//! secret_key_file = "/etc/cks-controller/secret-key"   # or secret_key = "…"
+//!
+//! [api]
+//! listen = "0.0.0.0:8090"                  # the CloudStack-compatible API
+//!
+//! [agents]
+//! listen = "0.0.0.0:8091"                  # gRPC for the node agents
+//! advertise = ["10.0.0.5:8091"]            # what nodes dial (default: listen)
+//!
+//! [nodes]
+//! template = "cks-node"                    # node template name or id
+//! pod_cidr = "10.244.0.0/16"
+//! service_cidr = "10.96.0.0/12"
+//! enrollment_ttl_seconds = 3600
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cloudstack::SecretKey;
+
+/// Env: the CloudStack endpoint.
+pub const ENV_ENDPOINT: &str = "CKS_CLOUDSTACK_ENDPOINT";
+/// Env: the admin API key.
+pub const ENV_API_KEY: &str = "CKS_CLOUDSTACK_API_KEY";
+/// Env: the admin secret key.
+pub const ENV_SECRET_KEY: &str = "CKS_CLOUDSTACK_SECRET_KEY";
+/// Env: the API listen address.
+pub const ENV_API_LISTEN: &str = "CKS_API_LISTEN";
+/// Env: the agent endpoint listen address.
+pub const ENV_AGENTS_LISTEN: &str = "CKS_AGENTS_LISTEN";
+/// Env: comma-separated addresses nodes dial.
+pub const ENV_AGENTS_ADVERTISE: &str = "CKS_AGENTS_ADVERTISE";
+/// Env: the data directory.
+pub const ENV_DATA_DIR: &str = "CKS_DATA_DIR";
+/// Env: the node template.
+pub const ENV_NODE_TEMPLATE: &str = "CKS_NODE_TEMPLATE";
+
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cks-controller";
+/// Default API address.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8090";
+/// Default agent endpoint address.
+pub const DEFAULT_AGENTS_LISTEN: &str = "127.0.0.1:8091";
+/// Default node template name.
+pub const DEFAULT_NODE_TEMPLATE: &str = "cks-node";
+/// Default pod network.
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
+/// Default service network.
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// The configuration is unusable; every problem found is listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("configuration file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it never quotes secret values).
+        message: String,
+    },
+    /// Values are missing or wrong.
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    cloudstack: CloudStackSection,
+    #[serde(default)]
+    api: ApiSection,
+    #[serde(default)]
+    agents: AgentsSection,
+    #[serde(default)]
+    nodes: NodesSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloudStackSection {
+    endpoint: Option<String>,
+    api_key: Option<String>,
+    secret_key: Option<SecretKey>,
+    secret_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiSection {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentsSection {
+    listen: Option<String>,
+    advertise: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodesSection {
+    template: Option<String>,
+    pod_cidr: Option<String>,
+    service_cidr: Option<String>,
+    enrollment_ttl_seconds: Option<u64>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State, CA and key directory.
+    pub data_dir: PathBuf,
+    /// CloudStack's API URL.
+    pub endpoint: String,
+    /// The admin API key the controller acts with.
+    pub api_key: String,
+    /// Its secret key.
+    pub secret_key: SecretKey,
+    /// Where the API listens.
+    pub api_listen: SocketAddr,
+    /// Where the agent endpoint listens.
+    pub agents_listen: SocketAddr,
+    /// What nodes dial.
+    pub agents_advertise: Vec<String>,
+    /// Node template name or id.
+    pub node_template: String,
+    /// Pod CIDR.
+    pub pod_cidr: String,
+    /// Service CIDR.
+    pub service_cidr: String,
+    /// Enrollment token lifetime.
+    pub enrollment_ttl: Duration,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads `path` (when given) and the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("CKS_"))
+            .collect();
+        let text = match path {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                        path: path.to_path_buf(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Self::from_sources(path, text.as_deref(), &env)
+    }
+
+    /// Builds the configuration from a file's text and an environment map (tests pass both).
+    ///
+    /// # Errors
+    /// [`ConfigError`] listing every problem.
+    pub fn from_sources(
+        path: Option<&Path>,
+        text: Option<&str>,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let file: FileConfig = match text {
+            Some(text) => toml::from_str(text).map_err(|err| ConfigError::Parse {
+                path: path.map(Path::to_path_buf).unwrap_or_default(),
+                message: err.message().to_string(),
+            })?,
+            None => FileConfig::default(),
+        };
+        let mut problems = Vec::new();
+        let pick = |env_key: &str, file_value: Option<String>| -> Option<String> {
+            env.get(env_key).cloned().or(file_value)
+        };
+        let endpoint = pick(ENV_ENDPOINT, file.cloudstack.endpoint);
+        match &endpoint {
+            None => problems.push(format!(
+                "cloudstack.endpoint (or {ENV_ENDPOINT}) is required: CloudStack's API URL"
+            )),
+            Some(url) if url::Url::parse(url).is_err() => {
+                problems.push(format!("cloudstack.endpoint {url:?} is not a URL"));
+            }
+            Some(_) => {}
+        }
+        let api_key = pick(ENV_API_KEY, file.cloudstack.api_key);
+        if api_key.is_none() {
+            problems.push(format!(
+                "cloudstack.api_key (or {ENV_API_KEY}) is required: an admin's API key"
+            ));
+        }
+        let secret_key = match (
+            env.get(ENV_SECRET_KEY),
+            file.cloudstack.secret_key,
+            &file.cloudstack.secret_key_file,
+        ) {
+            (Some(secret), _, _) => Some(SecretKey::new(secret.clone())),
+            (None, Some(secret), _) => Some(secret),
+            (None, None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(SecretKey::new(text.trim().to_string())),
+                Err(err) => {
+                    problems.push(format!(
+                        "cloudstack.secret_key_file {}: {err}",
+                        path.display()
+                    ));
+                    None
+                }
+            },
+            (None, None, None) => {
+                problems.push(format!(
+                    "cloudstack.secret_key, secret_key_file (or {ENV_SECRET_KEY}) is required"
+                ));
+                None
+            }
+        };
+        let mut address = |key: &str, env_key: &str, value: Option<String>, default: &str| {
+            let text = env
+                .get(env_key)
+                .cloned()
+                .or(value)
+                .unwrap_or(default.to_string());
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problems.push(format!("{key} {text:?} is not an address:port"));
+                    None
+                }
+            }
+        };
+        let api_listen = address(
+            "api.listen",
+            ENV_API_LISTEN,
+            file.api.listen,
+            DEFAULT_API_LISTEN,
+        );
+        let agents_listen = address(
+            "agents.listen",
+            ENV_AGENTS_LISTEN,
+            file.agents.listen,
+            DEFAULT_AGENTS_LISTEN,
+        );
+        let advertise: Vec<String> = match env.get(ENV_AGENTS_ADVERTISE) {
+            Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
+            None => file.agents.advertise.unwrap_or_default(),
+        };
+        let advertise = if advertise.is_empty() {
+            agents_listen
+                .map(|a| vec![a.to_string()])
+                .unwrap_or_default()
+        } else {
+            advertise
+        };
+        if advertise
+            .iter()
+            .any(|a| a.starts_with("0.0.0.0") || a.starts_with("[::]"))
+        {
+            problems.push(
+                "agents.advertise must name addresses nodes can dial (agents.listen is a \
+                 wildcard address: set agents.advertise)"
+                    .to_string(),
+            );
+        }
+        let ttl = file.nodes.enrollment_ttl_seconds.unwrap_or(3600);
+        if ttl < 60 {
+            problems.push("nodes.enrollment_ttl_seconds must be at least 60".to_string());
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        // Every `None` above pushed a problem, so these hold.
+        let (
+            Some(endpoint),
+            Some(api_key),
+            Some(secret_key),
+            Some(api_listen),
+            Some(agents_listen),
+        ) = (endpoint, api_key, secret_key, api_listen, agents_listen)
+        else {
+            return Err(ConfigError::Invalid(vec![
+                "incomplete configuration".into(),
+            ]));
+        };
+        Ok(Config {
+            data_dir: env
+                .get(ENV_DATA_DIR)
+                .map(PathBuf::from)
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            endpoint,
+            api_key,
+            secret_key,
+            api_listen,
+            agents_listen,
+            agents_advertise: advertise,
+            node_template: env
+                .get(ENV_NODE_TEMPLATE)
+                .cloned()
+                .or(file.nodes.template)
+                .unwrap_or_else(|| DEFAULT_NODE_TEMPLATE.to_string()),
+            pod_cidr: file
+                .nodes
+                .pod_cidr
+                .unwrap_or_else(|| DEFAULT_POD_CIDR.to_string()),
+            service_cidr: file
+                .nodes
+                .service_cidr
+                .unwrap_or_else(|| DEFAULT_SERVICE_CIDR.to_string()),
+            enrollment_ttl: Duration::from_secs(ttl),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = Config::from_sources(None, Some("[api]\nlisten = \"nope\"\n"), &HashMap::new())
+            .expect_err("invalid");
+        let text = err.to_string();
+        for needle in ["cloudstack.endpoint", "api_key", "secret_key", "api.listen"] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+
+    #[test]
+    fn the_example_file_is_valid_but_for_its_secret_key_file() {
+        let err = Config::from_sources(
+            None,
+            Some(include_str!("../config.example.toml")),
+            &HashMap::new(),
+        )
+        .expect_err("the example's secret key file does not exist here");
+        let ConfigError::Invalid(problems) = err else {
+            panic!("not a validation error: {err}");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("secret_key_file"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_unknown_keys_are_refused() {
+        let file = "[cloudstack]\nendpoint = \"http://a:8080/client/api\"\napi_key = \"k\"\nsecret_key = \"s\"\n";
+        let env = HashMap::from([(ENV_API_LISTEN.to_string(), "127.0.0.1:9000".to_string())]);
+        let config = Config::from_sources(None, Some(file), &env).expect("valid");
+        assert_eq!(config.api_listen.port(), 9000);
+        assert_eq!(config.agents_advertise, vec!["127.0.0.1:8091".to_string()]);
+        assert!(!format!("{config:?}").contains("\"s\""), "secret in Debug");
+        assert!(
+            Config::from_sources(None, Some("[api]\nlisen = \"x\"\n"), &HashMap::new()).is_err()
+        );
+    }
+}

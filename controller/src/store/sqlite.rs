@@ -1,0 +1,639 @@
+//! The SQLite backend of [`Store`]: one file, WAL journal, every record a JSON document beside
+//! the columns queries filter on.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{
+    ClusterRecord, ClusterState, JobRecord, NodeRecord, Progress, Store, StoreError, TokenRecord,
+    VersionRecord, WorkflowRecord, WorkflowStatus,
+};
+
+/// The schema; `CREATE … IF NOT EXISTS`, so opening an existing store is a no-op.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS versions (
+    id TEXT PRIMARY KEY, removed INTEGER NOT NULL DEFAULT 0, created INTEGER NOT NULL,
+    data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS clusters (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, created INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    cluster_id TEXT NOT NULL, name TEXT NOT NULL, ordinal INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (cluster_id, name));
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, created INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workflows (
+    id TEXT PRIMARY KEY, cluster_id TEXT NOT NULL, status TEXT NOT NULL,
+    created INTEGER NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS workflows_cluster ON workflows (cluster_id, created);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT NOT NULL, account_id TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (key, account_id));
+CREATE TABLE IF NOT EXISTS secrets (
+    cluster_id TEXT NOT NULL, name TEXT NOT NULL, sealed BLOB NOT NULL,
+    PRIMARY KEY (cluster_id, name));
+CREATE TABLE IF NOT EXISTS tokens (
+    digest TEXT PRIMARY KEY, cluster_id TEXT NOT NULL, data TEXT NOT NULL);
+";
+
+/// A [`Store`] in one SQLite file (or in memory, for tests).
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn query(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Query { operation, source }
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    // Our records are plain structs of strings, numbers and enums: serialising cannot fail.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn from_json<T: DeserializeOwned>(
+    kind: &'static str,
+    id: &str,
+    data: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(data).map_err(|source| StoreError::Corrupt {
+        kind,
+        id: id.to_string(),
+        source,
+    })
+}
+
+fn workflow_status(status: WorkflowStatus) -> &'static str {
+    match status {
+        WorkflowStatus::Running => "running",
+        WorkflowStatus::Succeeded => "succeeded",
+        WorkflowStatus::Failed => "failed",
+    }
+}
+
+// === impl SqliteStore ===
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    ///
+    /// # Errors
+    /// The file cannot be opened or the schema cannot be created.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let open = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open)?;
+        conn.execute_batch(SCHEMA).map_err(open)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// A store in memory (tests).
+    ///
+    /// # Errors
+    /// SQLite cannot create the schema.
+    pub fn in_memory() -> Result<SqliteStore, StoreError> {
+        let open = |source| StoreError::Open {
+            path: ":memory:".into(),
+            source,
+        };
+        let conn = Connection::open_in_memory().map_err(open)?;
+        conn.execute_batch(SCHEMA).map_err(open)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // Statements are atomic in SQLite; a panic elsewhere cannot leave one half-done.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn documents<T: DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<T>, StoreError> {
+        let conn = self.lock();
+        let mut statement = conn.prepare(sql).map_err(query("prepare"))?;
+        let rows = statement
+            .query_map(args, |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(query("list"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, data) = row.map_err(query("list"))?;
+            out.push(from_json(kind, &id, &data)?);
+        }
+        Ok(out)
+    }
+
+    fn document<T: DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.documents(kind, sql, args)?.into_iter().next())
+    }
+}
+
+fn write_cluster(conn: &Connection, cluster: &ClusterRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO clusters (id, state, created, data) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, data = excluded.data",
+        params![
+            cluster.id,
+            cluster.state.as_str(),
+            cluster.created,
+            to_json(cluster)
+        ],
+    )
+    .map_err(query("write cluster"))?;
+    Ok(())
+}
+
+fn write_node(conn: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO nodes (cluster_id, name, ordinal, data) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (cluster_id, name) DO UPDATE SET ordinal = excluded.ordinal,
+         data = excluded.data",
+        params![node.cluster_id, node.name, node.ordinal, to_json(node)],
+    )
+    .map_err(query("write node"))?;
+    Ok(())
+}
+
+fn write_workflow(conn: &Connection, workflow: &WorkflowRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO workflows (id, cluster_id, status, created, data) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, data = excluded.data",
+        params![
+            workflow.id,
+            workflow.cluster_id,
+            workflow_status(workflow.status),
+            workflow.created,
+            to_json(workflow)
+        ],
+    )
+    .map_err(query("write workflow"))?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn insert_version(&self, version: &VersionRecord) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO versions (id, created, data) VALUES (?1, ?2, ?3)",
+                params![version.id, version.created, to_json(version)],
+            )
+            .map_err(query("insert version"))?;
+        Ok(())
+    }
+
+    fn update_version(&self, version: &VersionRecord) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE versions SET data = ?2 WHERE id = ?1",
+                params![version.id, to_json(version)],
+            )
+            .map_err(query("update version"))?;
+        Ok(())
+    }
+
+    fn version(&self, id: &str) -> Result<Option<VersionRecord>, StoreError> {
+        self.document(
+            "version",
+            "SELECT id, data FROM versions WHERE id = ?1 AND removed = 0",
+            [id],
+        )
+    }
+
+    fn versions(&self) -> Result<Vec<VersionRecord>, StoreError> {
+        self.documents(
+            "version",
+            "SELECT id, data FROM versions WHERE removed = 0 ORDER BY created, id",
+            [],
+        )
+    }
+
+    fn remove_version(&self, id: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute("UPDATE versions SET removed = 1 WHERE id = ?1", [id])
+            .map_err(query("remove version"))?;
+        Ok(())
+    }
+
+    fn insert_cluster(&self, cluster: &ClusterRecord) -> Result<(), StoreError> {
+        write_cluster(&self.lock(), cluster)
+    }
+
+    fn update_cluster(&self, cluster: &ClusterRecord) -> Result<(), StoreError> {
+        // The state column is the compare-and-set target: keep the stored one.
+        let conn = self.lock();
+        let state: Option<String> = conn
+            .query_row(
+                "SELECT state FROM clusters WHERE id = ?1",
+                [&cluster.id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("read cluster state"))?;
+        let mut record = cluster.clone();
+        if let Some(state) = state.as_deref().and_then(ClusterState::parse) {
+            record.state = state;
+        }
+        write_cluster(&conn, &record)
+    }
+
+    fn set_cluster_state(
+        &self,
+        id: &str,
+        from: ClusterState,
+        to: ClusterState,
+        failure: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(query("begin"))?;
+        let data: Option<String> = tx
+            .query_row(
+                "SELECT data FROM clusters WHERE id = ?1 AND state = ?2",
+                params![id, from.as_str()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("read cluster"))?;
+        let Some(data) = data else {
+            return Ok(false);
+        };
+        let mut cluster: ClusterRecord = from_json("cluster", id, &data)?;
+        cluster.state = to;
+        cluster.failure = failure.map(str::to_string);
+        write_cluster(&tx, &cluster)?;
+        tx.commit().map_err(query("commit"))?;
+        Ok(true)
+    }
+
+    fn cluster(&self, id: &str) -> Result<Option<ClusterRecord>, StoreError> {
+        self.document(
+            "cluster",
+            "SELECT id, data FROM clusters WHERE id = ?1",
+            [id],
+        )
+    }
+
+    fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        self.documents(
+            "cluster",
+            "SELECT id, data FROM clusters WHERE state != 'Destroyed' ORDER BY created, id",
+            [],
+        )
+    }
+
+    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
+        write_node(&self.lock(), node)
+    }
+
+    fn nodes(&self, cluster_id: &str) -> Result<Vec<NodeRecord>, StoreError> {
+        self.documents(
+            "node",
+            "SELECT name, data FROM nodes WHERE cluster_id = ?1 ORDER BY ordinal, name",
+            [cluster_id],
+        )
+    }
+
+    fn delete_node(&self, cluster_id: &str, name: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "DELETE FROM nodes WHERE cluster_id = ?1 AND name = ?2",
+                [cluster_id, name],
+            )
+            .map_err(query("delete node"))?;
+        Ok(())
+    }
+
+    fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO jobs (id, created, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                params![job.id, job.created, to_json(job)],
+            )
+            .map_err(query("write job"))?;
+        Ok(())
+    }
+
+    fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.document("job", "SELECT id, data FROM jobs WHERE id = ?1", [id])
+    }
+
+    fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.documents(
+            "job",
+            "SELECT id, data FROM jobs ORDER BY created DESC, id",
+            [],
+        )
+    }
+
+    fn insert_workflow(&self, workflow: &WorkflowRecord) -> Result<(), StoreError> {
+        write_workflow(&self.lock(), workflow)
+    }
+
+    fn save_progress(&self, progress: Progress<'_>) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(query("begin"))?;
+        write_workflow(&tx, progress.workflow)?;
+        if let Some(cluster) = progress.cluster {
+            // Keep the state column's value: state moves only by compare-and-set.
+            let state: Option<String> = tx
+                .query_row(
+                    "SELECT state FROM clusters WHERE id = ?1",
+                    [&cluster.id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(query("read cluster state"))?;
+            let mut record = cluster.clone();
+            if let Some(state) = state.as_deref().and_then(ClusterState::parse) {
+                record.state = state;
+            }
+            write_cluster(&tx, &record)?;
+        }
+        for node in progress.nodes {
+            write_node(&tx, node)?;
+        }
+        tx.commit().map_err(query("commit progress"))?;
+        Ok(())
+    }
+
+    fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+        self.document(
+            "workflow",
+            "SELECT id, data FROM workflows WHERE id = ?1",
+            [id],
+        )
+    }
+
+    fn running_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.documents(
+            "workflow",
+            "SELECT id, data FROM workflows WHERE status = 'running' ORDER BY created, id",
+            [],
+        )
+    }
+
+    fn latest_workflow(&self, cluster_id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+        self.document(
+            "workflow",
+            "SELECT id, data FROM workflows WHERE cluster_id = ?1 ORDER BY created DESC, rowid DESC
+             LIMIT 1",
+            [cluster_id],
+        )
+    }
+
+    fn setting(&self, key: &str, account_id: Option<&str>) -> Result<Option<String>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT value FROM settings WHERE key = ?1 AND account_id = ?2",
+                [key, account_id.unwrap_or("")],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("read setting"))
+    }
+
+    fn set_setting(
+        &self,
+        key: &str,
+        account_id: Option<&str>,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO settings (key, account_id, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key, account_id) DO UPDATE SET value = excluded.value",
+                [key, account_id.unwrap_or(""), value],
+            )
+            .map_err(query("write setting"))?;
+        Ok(())
+    }
+
+    fn put_secret(&self, cluster_id: &str, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO secrets (cluster_id, name, sealed) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (cluster_id, name) DO UPDATE SET sealed = excluded.sealed",
+                params![cluster_id, name, sealed],
+            )
+            .map_err(query("write secret"))?;
+        Ok(())
+    }
+
+    fn secret(&self, cluster_id: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT sealed FROM secrets WHERE cluster_id = ?1 AND name = ?2",
+                [cluster_id, name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("read secret"))
+    }
+
+    fn delete_secrets(&self, cluster_id: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute("DELETE FROM secrets WHERE cluster_id = ?1", [cluster_id])
+            .map_err(query("delete secrets"))?;
+        Ok(())
+    }
+
+    fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO tokens (digest, cluster_id, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (digest) DO UPDATE SET data = excluded.data",
+                params![token.digest, token.cluster_id, to_json(token)],
+            )
+            .map_err(query("write token"))?;
+        Ok(())
+    }
+
+    fn take_token(&self, digest: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(query("begin"))?;
+        let data: Option<String> = tx
+            .query_row(
+                "SELECT data FROM tokens WHERE digest = ?1",
+                [digest],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("read token"))?;
+        let Some(data) = data else {
+            return Ok(None);
+        };
+        let before: TokenRecord = from_json("token", digest, &data)?;
+        if !before.used {
+            let mut after = before.clone();
+            after.used = true;
+            tx.execute(
+                "UPDATE tokens SET data = ?2 WHERE digest = ?1",
+                params![digest, to_json(&after)],
+            )
+            .map_err(query("use token"))?;
+        }
+        tx.commit().map_err(query("commit"))?;
+        Ok(Some(before))
+    }
+
+    fn delete_tokens(&self, cluster_id: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute("DELETE FROM tokens WHERE cluster_id = ?1", [cluster_id])
+            .map_err(query("delete tokens"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NodeRole, Owner, StepStatus, WorkflowKind};
+
+    fn cluster(id: &str) -> ClusterRecord {
+        ClusterRecord {
+            id: id.into(),
+            name: "c".into(),
+            description: String::new(),
+            zone_id: "z".into(),
+            version_id: "v".into(),
+            service_offering_id: "o".into(),
+            template_id: "t".into(),
+            owner: Owner {
+                account: "admin".into(),
+                account_id: "a".into(),
+                domain_id: "d".into(),
+                domain: "ROOT".into(),
+                user_id: "u".into(),
+            },
+            control_nodes: 1,
+            size: 1,
+            node_root_disk_size: None,
+            keypair: None,
+            network_id: None,
+            network_created: false,
+            network_type: None,
+            external_lb_ip: None,
+            public_ip_id: None,
+            server_ip: None,
+            endpoint: None,
+            registry: None,
+            state: ClusterState::Created,
+            failure: None,
+            created: 1,
+        }
+    }
+
+    #[test]
+    fn cluster_state_moves_only_from_the_expected_state() {
+        let store = SqliteStore::in_memory().expect("store");
+        store.insert_cluster(&cluster("c1")).expect("insert");
+        assert!(
+            store
+                .set_cluster_state("c1", ClusterState::Created, ClusterState::Starting, None)
+                .expect("cas")
+        );
+        assert!(
+            !store
+                .set_cluster_state("c1", ClusterState::Created, ClusterState::Error, None)
+                .expect("cas")
+        );
+        // A record update never moves the state behind the compare-and-set's back.
+        let mut stale = cluster("c1");
+        stale.name = "renamed".into();
+        store.update_cluster(&stale).expect("update");
+        let stored = store.cluster("c1").expect("read").expect("exists");
+        assert_eq!(stored.state, ClusterState::Starting);
+        assert_eq!(stored.name, "renamed");
+    }
+
+    #[test]
+    fn progress_is_written_together_and_running_workflows_are_found() {
+        let store = SqliteStore::in_memory().expect("store");
+        store.insert_cluster(&cluster("c1")).expect("insert");
+        let mut workflow = WorkflowRecord {
+            id: "w1".into(),
+            kind: WorkflowKind::Create,
+            cluster_id: "c1".into(),
+            job_id: "j1".into(),
+            status: WorkflowStatus::Running,
+            steps: Vec::new(),
+            deadline: 100,
+            created: 1,
+        };
+        store.insert_workflow(&workflow).expect("insert");
+        workflow.start_step("deploy-nodes");
+        workflow.finish_step("deploy-nodes", StepStatus::Done, "2 VMs");
+        let node = NodeRecord {
+            cluster_id: "c1".into(),
+            name: "c-control-1".into(),
+            role: NodeRole::Control,
+            ordinal: 0,
+            vm_id: Some("vm1".into()),
+            ip: None,
+            joined: false,
+            kubernetes_version: None,
+        };
+        let mut changed = cluster("c1");
+        changed.network_id = Some("n1".into());
+        store
+            .save_progress(Progress {
+                workflow: &workflow,
+                cluster: Some(&changed),
+                nodes: std::slice::from_ref(&node),
+            })
+            .expect("progress");
+        let running = store.running_workflows().expect("list");
+        assert_eq!(running.len(), 1);
+        assert!(running[0].is_done("deploy-nodes"));
+        assert_eq!(store.nodes("c1").expect("nodes"), vec![node]);
+        assert_eq!(
+            store
+                .cluster("c1")
+                .expect("read")
+                .expect("exists")
+                .network_id,
+            Some("n1".into())
+        );
+    }
+
+    #[test]
+    fn a_token_is_taken_once() {
+        let store = SqliteStore::in_memory().expect("store");
+        let token = TokenRecord {
+            digest: "d1".into(),
+            cluster_id: "c1".into(),
+            node_name: "n1".into(),
+            role: "worker".into(),
+            expires: 10,
+            used: false,
+        };
+        store.put_token(&token).expect("put");
+        assert_eq!(store.take_token("d1").expect("take"), Some(token.clone()));
+        assert!(store.take_token("d1").expect("take").expect("exists").used);
+        store.delete_tokens("c1").expect("delete");
+        assert_eq!(store.take_token("d1").expect("take"), None);
+    }
+}
