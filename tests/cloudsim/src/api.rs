@@ -144,7 +144,7 @@ async fn client_api(
             inner.faults().record(&command, fault);
         }
         if result.is_ok() && !commands::is_read_only(&command) {
-            inner.persist(&db);
+            inner.commit(&db);
         }
         (result, background)
     };
@@ -187,7 +187,7 @@ fn spawn_background(inner: Arc<Inner>, work: Background) {
                 }
                 let db = &mut inner.db();
                 jobs::complete(db, &job_id, inner.runner.as_ref());
-                inner.persist(db);
+                inner.commit(db);
             });
         }
         Background::DownloadIso(iso_id) => {

@@ -70,6 +70,11 @@ impl Cidr {
         u32::MAX << (32 - self.prefix)
     }
 
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
     /// The network address.
     pub fn network(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.network)

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::commands::{render_vm, visible_iso_path};
 use crate::model::{Completion, Db, VmState};
-use crate::node::{NodeRunner, NodeSpec};
+use crate::node::{NicSpec, NodeError, NodeRunner, NodeSpec};
 use crate::store;
 
 /// Completes job `job_id` (no-op when it is unknown or already done).
@@ -52,7 +52,8 @@ fn settle_failed(db: &mut Db, completion: &Completion, cmd: &str) {
     }
 }
 
-fn spec(db: &Db, vm_id: &str) -> Option<NodeSpec> {
+/// What the node runner needs to start VM `vm_id`.
+pub(crate) fn node_spec(db: &Db, vm_id: &str) -> Option<NodeSpec> {
     let vm = db.vms.iter().find(|v| v.id == vm_id)?;
     Some(NodeSpec {
         vm_id: vm.id.clone(),
@@ -61,10 +62,25 @@ fn spec(db: &Db, vm_id: &str) -> Option<NodeSpec> {
         nics: vm
             .nics
             .iter()
-            .map(|n| (n.network_id.clone(), n.ip.clone()))
+            .map(|n| NicSpec {
+                network_id: n.network_id.clone(),
+                cidr: db
+                    .networks
+                    .iter()
+                    .find(|net| net.id == n.network_id)
+                    .map(|net| net.cidr.clone())
+                    .unwrap_or_default(),
+                ip: n.ip.clone(),
+                mac: n.mac.clone(),
+            })
             .collect(),
         iso: vm.iso_id.as_ref().and_then(|iso| visible_iso_path(db, iso)),
     })
+}
+
+/// A runner failure as a job error (530 with the whole cause chain, which never holds secrets).
+fn node_failure(err: &NodeError) -> (u16, String) {
+    (530, crate::nodes::error_chain(err))
 }
 
 fn used_capacity(db: &Db, except: &str) -> (u64, u64) {
@@ -86,7 +102,7 @@ fn apply(
         Completion::Fixed => return Ok(None),
         Completion::StartVm(id) | Completion::StopVm(id) | Completion::RebootVm(id) => id.clone(),
     };
-    let Some(node) = spec(db, &vm_id) else {
+    let Some(node) = node_spec(db, &vm_id) else {
         return Err((530, format!("VM {vm_id} no longer exists")));
     };
     let state = match completion {
@@ -103,23 +119,38 @@ fn apply(
                 settle_failed(db, completion, cmd);
                 return Err((533, text));
             }
-            runner.start(&node).map_err(|e| (530, e.to_string()))?;
-            VmState::Running
+            match runner.start(&node) {
+                Ok(network) => (VmState::Running, network.label()),
+                Err(err) => {
+                    settle_failed(db, completion, cmd);
+                    return Err(node_failure(&err));
+                }
+            }
         }
         Completion::StopVm(_) => {
-            runner.stop(&vm_id).map_err(|e| (530, e.to_string()))?;
-            VmState::Stopped
+            runner.stop(&vm_id).map_err(|e| node_failure(&e))?;
+            (VmState::Stopped, None)
         }
         _ => {
-            runner.stop(&vm_id).map_err(|e| (530, e.to_string()))?;
-            runner.start(&node).map_err(|e| (530, e.to_string()))?;
-            VmState::Running
+            runner.stop(&vm_id).map_err(|e| node_failure(&e))?;
+            match runner.start(&node) {
+                Ok(network) => (VmState::Running, network.label()),
+                Err(err) => {
+                    if let Some(vm) = db.vms.iter_mut().find(|v| v.id == vm_id) {
+                        vm.state = VmState::Stopped;
+                    }
+                    return Err(node_failure(&err));
+                }
+            }
         }
     };
     let Some(vm) = db.vms.iter_mut().find(|v| v.id == vm_id) else {
         return Err((530, format!("VM {vm_id} no longer exists")));
     };
-    vm.state = state;
+    vm.state = state.0;
+    if state.0 == VmState::Running {
+        vm.node_network = state.1.map(str::to_owned);
+    }
     let vm = vm.clone();
     Ok(Some(json!({ "virtualmachine": render_vm(db, &vm) })))
 }

@@ -13,17 +13,27 @@
 //! [`SimHandle::set_faults`]): per-command error rates, latency, lost responses, failing jobs,
 //! capacity exhaustion; deterministic for a seed; every injected fault is logged.
 //!
-//! VMs are records; [`node::NodeRunner`] is the seam where they will become real nodes running
-//! `cks-agent`.
+//! VMs become nodes through [`node::NodeRunner`]: records only by default, or, with
+//! [`SimConfig::nodes`], process trees running the real `cks-agent` with the VM's userdata, in a
+//! network namespace per VM with a bridge per guest network ([`nodes`]). Public IPs are addresses
+//! of a loopback range ([`store::DEFAULT_PUBLIC_CIDR`]); their port-forwarding and load-balancer
+//! rules are served by userspace forwarders ([`forwarding`], [`nodes::forward`]), so what a
+//! controller configures is what its clients use.
+//!
+//! After a restart with a state directory, VMs that were Running are started again (their
+//! processes died with the simulator; on a real cloud they would have kept running through a
+//! management-server restart). A VM that cannot be started again is marked Stopped.
 
 pub mod cidr;
 pub mod commands;
 pub mod download;
 pub mod error;
 pub mod faults;
+pub mod forwarding;
 pub mod jobs;
 pub mod model;
 pub mod node;
+pub mod nodes;
 pub mod signing;
 pub mod store;
 
@@ -39,8 +49,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::faults::{FaultConfig, FaultEvent, Faults};
-use crate::model::Db;
-use crate::node::{NodeRunner, NoopRunner};
+use crate::model::{Db, VmState};
+use crate::node::{NodeInfo, NodeRunner, NoopRunner};
+use crate::nodes::{NodesConfig, NodesError, ProcessRunner};
 use crate::store::{AdminKeys, StoreError};
 
 /// How long async jobs take by default in the binary.
@@ -61,6 +72,12 @@ pub struct SimConfig {
     pub job_duration: Duration,
     /// Faults active from the start.
     pub faults: FaultConfig,
+    /// The zone's public IP range when the state is seeded (default
+    /// [`store::DEFAULT_PUBLIC_CIDR`]). Must be inside 127.0.0.0/8 when nodes run; two
+    /// simulators on one host need distinct ranges.
+    pub public_cidr: Option<String>,
+    /// Run VMs as real nodes (needs `state_dir`); `None` keeps VMs as records.
+    pub nodes: Option<NodesConfig>,
 }
 
 // === impl SimConfig ===
@@ -75,6 +92,8 @@ impl SimConfig {
             secret_key: None,
             job_duration: Duration::from_millis(20),
             faults: FaultConfig::default(),
+            public_cidr: None,
+            nodes: None,
         }
     }
 }
@@ -94,6 +113,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The public range is not a CIDR, or not a loopback one while nodes run.
+    #[error("invalid public range {0:?}: expected a.b.c.d/n, inside 127.0.0.0/8 when nodes run")]
+    PublicCidr(String),
+    /// Real nodes were asked for without a state directory.
+    #[error("running nodes needs a state directory (their disks and ISOs live there)")]
+    NodesNeedStateDir,
+    /// The node runner could not start.
+    #[error("failed to start the node runner")]
+    Nodes(#[source] NodesError),
     /// The listen address could not be bound.
     #[error("failed to listen on {addr}")]
     Bind {
@@ -141,6 +169,14 @@ impl Inner {
         self.closed.load(Ordering::SeqCst)
     }
 
+    /// After a change of the state: saves it and hands the network rules to the node runner.
+    pub(crate) fn commit(&self, db: &Db) {
+        self.persist(db);
+        if !self.is_closed() {
+            self.runner.update_network(&forwarding::table(db));
+        }
+    }
+
     /// Saves the state when there is a state directory; a failure is logged, not fatal.
     pub(crate) fn persist(&self, db: &Db) {
         if self.is_closed() {
@@ -161,13 +197,36 @@ pub struct Simulator;
 // === impl Simulator ===
 
 impl Simulator {
-    /// Loads (or seeds) the state, binds the listener and serves in the background, with VMs as
-    /// records only ([`NoopRunner`]).
+    /// Loads (or seeds) the state, binds the listener and serves in the background. VMs are
+    /// records ([`NoopRunner`]) unless [`SimConfig::nodes`] asks for real nodes
+    /// ([`ProcessRunner`]).
     ///
     /// # Errors
     /// See [`StartError`].
     pub async fn start(config: SimConfig) -> Result<SimHandle, StartError> {
-        Self::start_with_runner(config, Arc::new(NoopRunner)).await
+        let runner: Arc<dyn NodeRunner> = match &config.nodes {
+            None => Arc::new(NoopRunner),
+            Some(nodes) => {
+                let dir = config
+                    .state_dir
+                    .as_ref()
+                    .ok_or(StartError::NodesNeedStateDir)?;
+                let public = config
+                    .public_cidr
+                    .as_deref()
+                    .unwrap_or(store::DEFAULT_PUBLIC_CIDR);
+                if !cidr::Cidr::parse(public).is_ok_and(|c| c.network().is_loopback()) {
+                    return Err(StartError::PublicCidr(public.to_owned()));
+                }
+                let (nodes, dir) = (nodes.clone(), dir.clone());
+                let runner = tokio::task::spawn_blocking(move || ProcessRunner::start(nodes, &dir))
+                    .await
+                    .map_err(|e| StartError::Nodes(NodesError::Runtime(std::io::Error::other(e))))?
+                    .map_err(StartError::Nodes)?;
+                Arc::new(runner)
+            }
+        };
+        Self::start_with_runner(config, runner).await
     }
 
     /// Like [`Simulator::start`], with a node runner.
@@ -184,9 +243,15 @@ impl Simulator {
                 source,
             })?;
         }
+        if let Some(public) = &config.public_cidr
+            && cidr::Cidr::parse(public).is_err()
+        {
+            return Err(StartError::PublicCidr(public.clone()));
+        }
         let keys = AdminKeys {
             api_key: config.api_key.clone(),
             secret_key: config.secret_key.clone(),
+            public_cidr: config.public_cidr.clone(),
         };
         let db = store::load_or_seed(config.state_dir.as_deref(), &keys)
             .map_err(StartError::LoadState)?;
@@ -232,7 +297,7 @@ impl Simulator {
             config,
             closed: AtomicBool::new(false),
         });
-        inner.persist(&inner.db());
+        restart_running_vms(&inner);
         let (tx, rx) = oneshot::channel::<()>();
         let app = api::router(inner.clone());
         let task = tokio::spawn(async move {
@@ -257,7 +322,40 @@ impl Simulator {
     }
 }
 
-/// A running simulator; dropping it stops it.
+/// Starts the nodes of the VMs a previous run left Running; those that cannot start end
+/// Stopped.
+fn restart_running_vms(inner: &Inner) {
+    let mut db = inner.db();
+    let running: Vec<String> = db
+        .vms
+        .iter()
+        .filter(|vm| vm.state == VmState::Running)
+        .map(|vm| vm.id.clone())
+        .collect();
+    for vm_id in running {
+        let started = match jobs::node_spec(&db, &vm_id) {
+            Some(spec) => inner.runner.start(&spec),
+            None => continue,
+        };
+        let Some(vm) = db.vms.iter_mut().find(|v| v.id == vm_id) else {
+            continue;
+        };
+        match started {
+            Ok(network) => vm.node_network = network.label().map(str::to_owned),
+            Err(err) => {
+                tracing::error!(
+                    vm = %vm_id,
+                    error = %nodes::error_chain(&err),
+                    "cannot start a VM that was running before the restart; marking it Stopped"
+                );
+                vm.state = VmState::Stopped;
+            }
+        }
+    }
+    inner.commit(&db);
+}
+
+/// A running simulator; dropping it stops it, its nodes and its forwarders.
 pub struct SimHandle {
     addr: SocketAddr,
     admin: Keys,
@@ -305,12 +403,20 @@ impl SimHandle {
         self.inner.db().clone()
     }
 
-    /// Stops serving and waits for the server task to end.
+    /// What the node runner knows about VM `vm_id`'s node (root, logs, namespace, pids);
+    /// `None` with records-only VMs or for a VM that never ran.
+    pub fn node(&self, vm_id: &str) -> Option<NodeInfo> {
+        self.inner.runner.inspect(vm_id)
+    }
+
+    /// Stops serving, waits for the server task to end, then stops every node.
     pub async fn shutdown(mut self) {
         self.stop();
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        let runner = self.inner.runner.clone();
+        let _ = tokio::task::spawn_blocking(move || runner.shutdown()).await;
     }
 
     fn stop(&mut self) {
@@ -327,5 +433,7 @@ impl Drop for SimHandle {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        // Blocks until every node process is gone (bounded by the runner's stop grace).
+        self.inner.runner.shutdown();
     }
 }

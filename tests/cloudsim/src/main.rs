@@ -1,13 +1,16 @@
-//! `cloudsim --listen 127.0.0.1:8080 --state DIR [--api-key K --secret-key S]`: serves the
-//! simulated CloudStack API until SIGINT/SIGTERM. Prints the admin and user keys at start.
+//! `cloudsim --listen 127.0.0.1:8080 --state DIR [--api-key K --secret-key S]
+//! [--agent PATH [--egress 127.0.0.1:9443]…]`: serves the simulated CloudStack API until
+//! SIGINT/SIGTERM. Prints the admin and user keys at start. With `--agent`, every started VM
+//! runs that `cks-agent` (see the `cloudsim::nodes` documentation); without it VMs are records.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use cloudsim::faults::FaultConfig;
+use cloudsim::nodes::{NetworkMode, NodesConfig};
 use cloudsim::{SimConfig, Simulator};
 
 /// A CloudStack API simulator.
@@ -32,6 +35,27 @@ struct Args {
     /// A JSON fault configuration (see `POST /sim/faults`).
     #[arg(long)]
     faults: Option<PathBuf>,
+    /// The zone's public IP range when the state is created [default: 127.64.0.0/16]; inside
+    /// 127.0.0.0/8 when nodes run
+    #[arg(long, value_name = "CIDR")]
+    public_cidr: Option<String>,
+    /// Run every started VM as a node with this cks-agent binary (needs --state)
+    #[arg(long, value_name = "PATH", requires = "state")]
+    agent: Option<PathBuf>,
+    /// Directory of the kubesim stand-ins (kubeadm, kubelet, systemctl) [default: the
+    /// directory of this executable]
+    #[arg(long, value_name = "DIR", requires = "agent")]
+    kubesim_bin: Option<PathBuf>,
+    /// A host endpoint nodes may reach, e.g. the controller's agent endpoint; inside every node
+    /// the same address leads to it (repeatable)
+    #[arg(long, value_name = "ADDR:PORT", requires = "agent")]
+    egress: Vec<SocketAddrV4>,
+    /// How nodes are networked
+    #[arg(long, value_enum, default_value_t = NetworkMode::Auto, requires = "agent")]
+    node_network: NetworkMode,
+    /// Seconds a node's processes get between SIGTERM and SIGKILL
+    #[arg(long, default_value_t = 5, requires = "agent")]
+    stop_grace_seconds: u64,
 }
 
 #[tokio::main]
@@ -52,6 +76,16 @@ async fn main() -> anyhow::Result<()> {
         }
         None => FaultConfig::default(),
     };
+    let nodes = args.agent.map(|agent| {
+        let mut nodes = NodesConfig::new(agent);
+        if let Some(dir) = args.kubesim_bin {
+            nodes.kubesim_bin = dir;
+        }
+        nodes.egress = args.egress;
+        nodes.network = args.node_network;
+        nodes.stop_grace = Duration::from_secs(args.stop_grace_seconds);
+        nodes
+    });
     let handle = Simulator::start(SimConfig {
         listen: args.listen,
         state_dir: args.state,
@@ -59,6 +93,8 @@ async fn main() -> anyhow::Result<()> {
         secret_key: args.secret_key,
         job_duration: Duration::from_millis(args.job_millis),
         faults,
+        public_cidr: args.public_cidr,
+        nodes,
     })
     .await
     .context("failed to start cloudsim")?;

@@ -250,6 +250,10 @@ pub struct Vm {
     pub nics: Vec<Nic>,
     /// Creation time.
     pub created: String,
+    /// How the node behind the VM is networked, as its runner reported at the last start
+    /// (`netns` or `loopback-only`); rebuilt at every start, so not persisted.
+    #[serde(skip)]
+    pub node_network: Option<String>,
 }
 
 /// A public IP address.

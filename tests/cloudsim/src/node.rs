@@ -1,11 +1,13 @@
 //! The seam where simulated VMs become real nodes.
 //!
-//! Issue 5 wants a started VM to run the real `cks-agent` (in a network namespace or on
-//! loopback), with attached ISOs visible as a CD-ROM. [`NodeRunner`] is the interface the API
-//! layer drives on every VM transition; [`NoopRunner`] is the current implementation: VMs
-//! exist only as records.
+//! [`NodeRunner`] is the interface the API layer drives on every VM transition and after every
+//! change of the network rules. [`NoopRunner`] keeps VMs as records only;
+//! [`crate::nodes::ProcessRunner`] runs each VM as a process tree with the real `cks-agent`.
 
 use std::path::PathBuf;
+
+use crate::forwarding::ForwardingTable;
+use crate::nodes::userdata::UserdataError;
 
 /// What a runner needs to bring up a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,25 +16,93 @@ pub struct NodeSpec {
     pub vm_id: String,
     /// VM host name.
     pub name: String,
-    /// Decoded userdata, as cloud-init or Ignition would hand it over.
+    /// Decoded userdata, as cloud-init or Ignition would hand it over (secret: never logged).
     pub userdata: Option<Vec<u8>>,
-    /// `(network id, guest IP)` per NIC, the default NIC first.
-    pub nics: Vec<(String, String)>,
+    /// The NICs, the default one first.
+    pub nics: Vec<NicSpec>,
     /// The attached ISO's downloaded file, if any.
     pub iso: Option<PathBuf>,
 }
 
+/// One NIC of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    /// The guest network.
+    pub network_id: String,
+    /// The network's CIDR (its first address is the gateway).
+    pub cidr: String,
+    /// The NIC's address.
+    pub ip: String,
+    /// The NIC's MAC address.
+    pub mac: String,
+}
+
+/// How a started node is networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeNetwork {
+    /// Nothing runs: the VM is a record.
+    Record,
+    /// In its own network namespace, one veth per NIC on its networks' bridges.
+    Namespace,
+    /// On the host's loopback: the NIC addresses are not usable and rules are not forwarded.
+    Loopback,
+}
+
+// === impl NodeNetwork ===
+
+impl NodeNetwork {
+    /// The label shown in the VM's `details` (`None` for records).
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            Self::Record => None,
+            Self::Namespace => Some("netns"),
+            Self::Loopback => Some("loopback-only"),
+        }
+    }
+}
+
+/// What a runner can tell about one node (for tests and operators).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The node's root directory (its disk).
+    pub root: PathBuf,
+    /// Its logs (`agent.log`, `containerd.log`).
+    pub log_dir: PathBuf,
+    /// Its network namespace, when it has one and is running.
+    pub netns: Option<PathBuf>,
+    /// Pids of its live processes.
+    pub pids: Vec<i32>,
+}
+
 /// A node runner failed to act.
 #[derive(Debug, thiserror::Error)]
-#[error("node {vm_id} failed to {action}")]
-pub struct NodeError {
-    /// VM id.
-    pub vm_id: String,
-    /// `start`, `stop`, ...
-    pub action: &'static str,
-    /// Cause.
-    #[source]
-    pub source: std::io::Error,
+pub enum NodeError {
+    /// The VM's userdata cannot be applied; the start fails as a real first boot would.
+    #[error("node {vm_id}: userdata cannot be applied")]
+    Userdata {
+        /// VM id.
+        vm_id: String,
+        /// Why.
+        #[source]
+        source: UserdataError,
+    },
+    /// The runner is shutting down.
+    #[error("node {vm_id}: the simulator is shutting down")]
+    ShutDown {
+        /// VM id.
+        vm_id: String,
+    },
+    /// A system call or file operation failed.
+    #[error("node {vm_id} failed to {action}")]
+    Io {
+        /// VM id.
+        vm_id: String,
+        /// `start`, `stop`, ...
+        action: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs the nodes behind VMs. Called with the simulator's state lock held, so implementations
@@ -42,7 +112,7 @@ pub trait NodeRunner: Send + Sync + 'static {
     ///
     /// # Errors
     /// The node could not be started; the start job fails with 530.
-    fn start(&self, spec: &NodeSpec) -> Result<(), NodeError>;
+    fn start(&self, spec: &NodeSpec) -> Result<NodeNetwork, NodeError>;
     /// Stops the node (SIGTERM, then SIGKILL), keeping its disk.
     ///
     /// # Errors
@@ -58,6 +128,15 @@ pub trait NodeRunner: Send + Sync + 'static {
     /// # Errors
     /// The ISO could not be attached or detached.
     fn set_iso(&self, vm_id: &str, iso: Option<PathBuf>) -> Result<(), NodeError>;
+    /// Serves `table` from now on (public IPs, port forwarding, load balancing).
+    fn update_network(&self, _table: &ForwardingTable) {}
+    /// What the runner knows about a node, if it ever ran it.
+    fn inspect(&self, _vm_id: &str) -> Option<NodeInfo> {
+        None
+    }
+    /// Stops every node and everything the runner set up (processes, namespaces, forwarders);
+    /// blocks until done. Later calls fail with [`NodeError::ShutDown`].
+    fn shutdown(&self) {}
 }
 
 /// A runner that runs nothing: VMs are records only.
@@ -65,9 +144,9 @@ pub trait NodeRunner: Send + Sync + 'static {
 pub struct NoopRunner;
 
 impl NodeRunner for NoopRunner {
-    fn start(&self, spec: &NodeSpec) -> Result<(), NodeError> {
+    fn start(&self, spec: &NodeSpec) -> Result<NodeNetwork, NodeError> {
         tracing::debug!(vm = %spec.vm_id, "noop node start");
-        Ok(())
+        Ok(NodeNetwork::Record)
     }
 
     fn stop(&self, _vm_id: &str) -> Result<(), NodeError> {

@@ -20,6 +20,9 @@ pub const KUBERNETES_NETWORK_OFFERING: &str = "DefaultNetworkOfferingforKubernet
 pub const USER_ACCOUNT: &str = "user";
 /// The seeded admin account's name.
 pub const ADMIN_ACCOUNT: &str = "admin";
+/// The zone's public range when none is configured: a loopback subnet, so that public IPs are
+/// local addresses on any Linux host and the simulator can serve them (see `forwarding`).
+pub const DEFAULT_PUBLIC_CIDR: &str = "127.64.0.0/16";
 
 /// Errors reading or writing the state directory.
 #[derive(Debug, thiserror::Error)]
@@ -88,13 +91,16 @@ pub fn parse_time(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, format).ok()
 }
 
-/// Keys for the seeded admin user, when the operator chose them.
+/// What the operator chose for a fresh (or reloaded) state.
 #[derive(Debug, Clone, Default)]
 pub struct AdminKeys {
     /// API key.
     pub api_key: Option<String>,
     /// Secret key.
     pub secret_key: Option<String>,
+    /// The zone's public range when seeding ([`DEFAULT_PUBLIC_CIDR`] when `None`); a loaded
+    /// state keeps the range it was seeded with.
+    pub public_cidr: Option<String>,
 }
 
 /// Loads the state from `dir` (seeding it when absent) and applies the admin keys.
@@ -116,7 +122,7 @@ pub fn load_or_seed(dir: Option<&Path>, keys: &AdminKeys) -> Result<Db, StoreErr
             settle_after_restart(&mut db);
             db
         }
-        _ => seed(),
+        _ => seed_with(keys.public_cidr.as_deref().unwrap_or(DEFAULT_PUBLIC_CIDR)),
     };
     if let Some(admin) = db
         .accounts
@@ -173,9 +179,14 @@ pub fn save(dir: &Path, db: &Db) -> Result<(), StoreError> {
     write().map_err(|source| StoreError::Write { path, source })
 }
 
-/// The initial world: one zone, offerings, a node template, network offerings, an admin and a
-/// user account.
+/// The initial world with the default public range; see [`seed_with`].
 pub fn seed() -> Db {
+    seed_with(DEFAULT_PUBLIC_CIDR)
+}
+
+/// The initial world: one zone (public IPs from `public_cidr`), offerings, a node template,
+/// network offerings, an admin and a user account.
+pub fn seed_with(public_cidr: &str) -> Db {
     let created = now();
     let zone_id = new_id();
     let admin = Account {
@@ -235,7 +246,7 @@ pub fn seed() -> Db {
         zones: vec![Zone {
             id: zone_id.clone(),
             name: "zone1".into(),
-            public_cidr: "127.100.0.0/24".into(),
+            public_cidr: public_cidr.into(),
             cpu_capacity: 64,
             memory_capacity: 131_072,
         }],
@@ -314,9 +325,14 @@ mod tests {
         let keys = AdminKeys {
             api_key: Some("k".into()),
             secret_key: Some("s".into()),
+            public_cidr: Some("127.1.0.0/24".into()),
         };
         let loaded = load_or_seed(Some(dir.path()), &keys).unwrap();
         assert_eq!(loaded.zones[0].id, db.zones[0].id);
+        assert_eq!(
+            loaded.zones[0].public_cidr, DEFAULT_PUBLIC_CIDR,
+            "kept, not reseeded"
+        );
         assert!(
             loaded
                 .users

@@ -83,6 +83,9 @@ pub(crate) fn render_vm(db: &Db, vm: &Vm) -> Value {
     if !vm.keypairs.is_empty() {
         body["keypairs"] = json!(vm.keypairs.join(","));
     }
+    if let Some(network) = &vm.node_network {
+        body["details"] = json!({ "simulator.node.network": network });
+    }
     if let Some(size) = vm.rootdisksize {
         body["rootdisksize"] = json!(size);
     }
@@ -256,6 +259,7 @@ pub(super) fn deploy(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
         iso_id: None,
         nics,
         created: store::now(),
+        node_network: None,
     };
     ctx.db.vms.push(vm);
     for network_id in &network_ids {

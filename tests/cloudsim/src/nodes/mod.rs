@@ -1,0 +1,1065 @@
+//! Real nodes: every started VM is a process tree running the real `cks-agent`.
+//!
+//! # What a node is
+//!
+//! A VM's disk is `<state>/vms/<vm-id>/root`, kept across stop/start and removed on destroy.
+//! Starting the node:
+//! 1. clears `<root>/run` (a tmpfs on a real node);
+//! 2. on first boot only, applies the userdata under the root as cloud-init or Ignition would
+//!    ([`userdata`]; anything not understood fails the start job, loudly);
+//! 3. shows the attached ISO as a CD-ROM: `<vm>/dev/disk/by-label/CDROM` is a symlink to the ISO
+//!    file, which the agent's discovery follows as it follows udev's link (`--dev-dir`), with an
+//!    empty `--sys-dir` so that no host block device is ever considered;
+//! 4. with network namespaces, creates the node's namespace with one veth per NIC, plugged into
+//!    the bridge of the NIC's network (in that network's router namespace, which holds the
+//!    gateway address), the NIC's address and MAC, and a default route via the gateway; the
+//!    forwarders for public IPs (hairpin) and egress endpoints come up inside it ([`forward`]);
+//! 5. starts a containerd of its own (config `<root>/etc/containerd/config.toml`, written on
+//!    first boot, root `<root>/var/lib/containerd`, socket under `<root>/run/containerd`), then
+//!    `cks-agent run --root <root> --containerd-socket … --dev-dir … --sys-dir … --mount
+//!    user-space` (the host kernel cannot mount iso9660).
+//!
+//! Every process of the node runs with `KUBESIM_ROOT=<root>`, `KUBESIM_CLUSTER=<state>/kubesim`,
+//! `KUBESIM_BIN=<kubesim bin dir>`, `HOSTNAME=<vm name>` and a `PATH` whose first directory
+//! (`<state>/node-bin`) holds the `systemctl` stand-in; stdout and stderr go to
+//! `<state>/vms/<vm-id>/logs/<program>.log`.
+//!
+//! Stopping kills the whole tree ([`process`]: SIGTERM, bounded wait, SIGKILL), closes the
+//! node's forwarders and deletes its namespace. Boot and stop run on one thread per VM, in the
+//! order the API asked for them; [`NodeRunner`] calls only queue work, as the seam requires.
+//!
+//! # Loopback mode
+//!
+//! Without root or network namespaces the agents run in the host's network namespace: they reach
+//! the egress endpoints directly, the VMs' NIC addresses exist nowhere, and public IPs are not
+//! served (there is no honest target for them). The VM's `details` say `loopback-only`, and the
+//! runner logs it at start.
+//!
+//! # Names and cleanup
+//!
+//! Everything the runner creates is named with a prefix derived from the state directory
+//! (`cs` + 6 hex digits): namespaces `<prefix>-vm-<vm-id>` and `<prefix>-net-<network-id>`, and
+//! the marker `CLOUDSIM_NODE=<prefix>/<vm-id>` in every node process's environment. At start the
+//! runner removes what a previous run with the same state directory left behind; at shutdown it
+//! stops every process by pid and deletes every namespace it made (links go with them).
+
+pub mod forward;
+pub mod netns;
+pub mod process;
+pub mod userdata;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+
+/// How long to wait for the forwarders to follow a node going up or down.
+const NET_ACK: Duration = Duration::from_secs(10);
+
+use self::forward::{NetManager, NetMsg};
+use self::process::ProcessTree;
+use crate::cidr::Cidr;
+use crate::forwarding::ForwardingTable;
+use crate::node::{NodeError, NodeInfo, NodeNetwork, NodeRunner, NodeSpec};
+
+/// How long a node's processes get between SIGTERM and SIGKILL, by default.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long containerd may take to create its socket.
+const CONTAINERD_READY: Duration = Duration::from_secs(20);
+/// The volume id the agent looks for (contract 1).
+const BUNDLE_LABEL: &str = "CDROM";
+/// Longest unix socket path (`sun_path` is 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// The system part of a node's `PATH`.
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How nodes are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NetworkMode {
+    /// Namespaces when running as root and they work, else loopback.
+    #[default]
+    Auto,
+    /// Network namespaces, or fail to start.
+    Netns,
+    /// The host's loopback (see the module documentation).
+    Loopback,
+}
+
+/// How to run nodes (`SimConfig::nodes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodesConfig {
+    /// The `cks-agent` binary.
+    pub agent: PathBuf,
+    /// Directory of the kubesim stand-ins (`kubeadm`, `kubelet`, `systemctl`).
+    pub kubesim_bin: PathBuf,
+    /// Host endpoints the nodes may reach (`127.x.y.z:port`): inside every node namespace the
+    /// same address forwards to the host's.
+    pub egress: Vec<SocketAddrV4>,
+    /// Namespaces or loopback.
+    pub network: NetworkMode,
+    /// SIGTERM-to-SIGKILL grace when stopping a node.
+    pub stop_grace: Duration,
+}
+
+// === impl NodesConfig ===
+
+impl NodesConfig {
+    /// Defaults for `agent`: stand-ins next to the running executable (see
+    /// [`default_kubesim_bin`]), no egress, automatic networking.
+    pub fn new(agent: PathBuf) -> Self {
+        NodesConfig {
+            agent,
+            kubesim_bin: default_kubesim_bin(),
+            egress: Vec::new(),
+            network: NetworkMode::Auto,
+            stop_grace: DEFAULT_STOP_GRACE,
+        }
+    }
+}
+
+/// The directory of the running executable, where cargo also puts kubesim's binaries; for a
+/// test executable (in `target/<profile>/deps`) its parent.
+pub fn default_kubesim_bin() -> PathBuf {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    match (dir.file_name(), dir.parent()) {
+        (Some(name), Some(parent)) if name == "deps" => parent.to_path_buf(),
+        _ => dir,
+    }
+}
+
+/// The runner cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodesError {
+    /// The state directory is unusable.
+    #[error("failed to prepare the node directory {path:?}")]
+    Prepare {
+        /// The path.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent binary is missing.
+    #[error("the cks-agent binary {0:?} does not exist; build it with `cargo build -p cks-agent`")]
+    AgentMissing(PathBuf),
+    /// containerd is not installed.
+    #[error("containerd is not in PATH; run scripts/install-deps.sh")]
+    ContainerdMissing,
+    /// An egress endpoint outside 127.0.0.0/8.
+    #[error(
+        "egress endpoint {0} is not a loopback address; nodes can only be given endpoints in \
+         127.0.0.0/8"
+    )]
+    EgressNotLoopback(SocketAddrV4),
+    /// The state directory's path is too long for the containerd sockets beneath it.
+    #[error(
+        "containerd socket paths under {0:?} would exceed {MAX_SOCKET_PATH} bytes; use a shorter \
+         state directory"
+    )]
+    StateDirTooLong(PathBuf),
+    /// Namespaces were required and do not work.
+    #[error("network namespaces are not available (need root and iproute2)")]
+    NoNamespaces(#[source] netns::NetnsError),
+    /// The forwarders' runtime could not start.
+    #[error("failed to start the forwarders' runtime")]
+    Runtime(#[source] io::Error),
+}
+
+/// Runs every VM as a process tree; see the module documentation.
+pub struct ProcessRunner {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: NodesConfig,
+    state_dir: PathBuf,
+    prefix: String,
+    namespaces: bool,
+    closed: AtomicBool,
+    actors: Mutex<HashMap<String, Actor>>,
+    retired: Mutex<Vec<JoinHandle<()>>>,
+    routers: Mutex<HashMap<String, usize>>,
+    veths: AtomicU32,
+    net: async_mpsc::UnboundedSender<NetMsg>,
+    runtime: Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
+}
+
+struct Actor {
+    tx: mpsc::Sender<Op>,
+    thread: JoinHandle<()>,
+}
+
+enum Op {
+    Start(Box<NodeSpec>),
+    Stop,
+    Destroy,
+    SetIso(Option<PathBuf>),
+    Shutdown,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// === impl ProcessRunner ===
+
+impl ProcessRunner {
+    /// Checks the configuration, picks the network mode, removes what a previous run with the
+    /// same `state_dir` left behind and starts the forwarders.
+    ///
+    /// # Errors
+    /// [`NodesError`].
+    pub fn start(config: NodesConfig, state_dir: &Path) -> Result<ProcessRunner, NodesError> {
+        let prepare = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| NodesError::Prepare { path, source }
+        };
+        std::fs::create_dir_all(state_dir).map_err(prepare(state_dir))?;
+        let state_dir = state_dir.canonicalize().map_err(prepare(state_dir))?;
+        let mut config = config;
+        config.agent = match config.agent.canonicalize() {
+            Ok(agent) if agent.is_file() => agent,
+            _ => return Err(NodesError::AgentMissing(config.agent.clone())),
+        };
+        if find_in_path("containerd").is_none() {
+            return Err(NodesError::ContainerdMissing);
+        }
+        if let Some(bad) = config.egress.iter().find(|e| !e.ip().is_loopback()) {
+            return Err(NodesError::EgressNotLoopback(*bad));
+        }
+        let longest = state_dir
+            .join("vms")
+            .join(uuid::Uuid::nil().to_string())
+            .join("root/run/containerd/containerd.sock.ttrpc");
+        if longest.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(NodesError::StateDirTooLong(state_dir));
+        }
+        let systemctl = config.kubesim_bin.join("systemctl");
+        if !systemctl.is_file() {
+            tracing::warn!(
+                path = %systemctl.display(),
+                "the systemctl stand-in is missing; agent commands that start kubelet will fail \
+                 (build kubesim, or set --kubesim-bin)"
+            );
+        }
+        let prefix = format!(
+            "cs{}",
+            &hex::encode(Sha256::digest(state_dir.as_os_str().as_encoded_bytes()))[..6]
+        );
+        let namespaces = match config.network {
+            NetworkMode::Loopback => false,
+            NetworkMode::Netns => {
+                probe_namespaces(&prefix).map_err(NodesError::NoNamespaces)?;
+                true
+            }
+            NetworkMode::Auto => match probe_namespaces(&prefix) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(
+                        error = %err,
+                        "network namespaces unavailable; nodes run on loopback (public IPs and \
+                         port forwarding are not served)"
+                    );
+                    false
+                }
+            },
+        };
+        if !namespaces {
+            tracing::warn!("nodes run on the host loopback: their NIC addresses are not usable");
+        }
+        clean_leftovers(&prefix, config.stop_grace);
+        let node_bin = state_dir.join("node-bin");
+        std::fs::create_dir_all(&node_bin).map_err(prepare(&node_bin))?;
+        let link = node_bin.join("systemctl");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&systemctl, &link).map_err(prepare(&link))?;
+        let cluster = state_dir.join("kubesim");
+        std::fs::create_dir_all(&cluster).map_err(prepare(&cluster))?;
+
+        let (net_tx, net_rx) = async_mpsc::unbounded_channel();
+        let router_prefix = prefix.clone();
+        let manager = NetManager::new(
+            namespaces,
+            config.egress.clone(),
+            Box::new(move |network| netns::path(&router_name(&router_prefix, network))),
+        );
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cloudsim-net")
+            .enable_all()
+            .build()
+            .map_err(NodesError::Runtime)?;
+        let thread = std::thread::Builder::new()
+            .name("cloudsim-net".into())
+            .spawn(move || {
+                runtime.spawn(manager.run(net_rx));
+                runtime.block_on(async {
+                    let _ = stop_rx.await;
+                });
+                runtime.shutdown_timeout(Duration::from_secs(2));
+            })
+            .map_err(NodesError::Runtime)?;
+        tracing::info!(
+            prefix = %prefix,
+            network = if namespaces { "netns" } else { "loopback-only" },
+            agent = %config.agent.display(),
+            kubesim_bin = %config.kubesim_bin.display(),
+            egress = ?config.egress,
+            "node runner ready"
+        );
+        Ok(ProcessRunner {
+            shared: Arc::new(Shared {
+                config,
+                state_dir,
+                prefix,
+                namespaces,
+                closed: AtomicBool::new(false),
+                actors: Mutex::new(HashMap::new()),
+                retired: Mutex::new(Vec::new()),
+                routers: Mutex::new(HashMap::new()),
+                veths: AtomicU32::new(0),
+                net: net_tx,
+                runtime: Mutex::new(Some((stop_tx, thread))),
+            }),
+        })
+    }
+
+    /// The prefix of every name this runner creates.
+    pub fn prefix(&self) -> &str {
+        &self.shared.prefix
+    }
+
+    /// True when nodes get network namespaces.
+    pub fn uses_namespaces(&self) -> bool {
+        self.shared.namespaces
+    }
+
+    fn send(&self, vm_id: &str, op: Op, action: &'static str) -> Result<(), NodeError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(NodeError::ShutDown {
+                vm_id: vm_id.to_owned(),
+            });
+        }
+        let mut actors = lock(&self.shared.actors);
+        let destroy = matches!(op, Op::Destroy);
+        if !actors.contains_key(vm_id) {
+            let actor =
+                spawn_actor(self.shared.clone(), vm_id).map_err(|source| NodeError::Io {
+                    vm_id: vm_id.to_owned(),
+                    action,
+                    source,
+                })?;
+            actors.insert(vm_id.to_owned(), actor);
+        }
+        let sent = actors.get(vm_id).map(|actor| actor.tx.send(op).is_ok());
+        if destroy && let Some(actor) = actors.remove(vm_id) {
+            lock(&self.shared.retired).push(actor.thread);
+        }
+        match sent {
+            Some(true) => Ok(()),
+            _ => Err(NodeError::Io {
+                vm_id: vm_id.to_owned(),
+                action,
+                source: io::Error::other("the node's worker thread has stopped"),
+            }),
+        }
+    }
+}
+
+impl NodeRunner for ProcessRunner {
+    fn start(&self, spec: &NodeSpec) -> Result<NodeNetwork, NodeError> {
+        if let Some(data) = &spec.userdata {
+            userdata::parse(data).map_err(|source| NodeError::Userdata {
+                vm_id: spec.vm_id.clone(),
+                source,
+            })?;
+        }
+        self.send(&spec.vm_id, Op::Start(Box::new(spec.clone())), "start")?;
+        Ok(if self.shared.namespaces {
+            NodeNetwork::Namespace
+        } else {
+            NodeNetwork::Loopback
+        })
+    }
+
+    fn stop(&self, vm_id: &str) -> Result<(), NodeError> {
+        self.send(vm_id, Op::Stop, "stop")
+    }
+
+    fn destroy(&self, vm_id: &str) -> Result<(), NodeError> {
+        self.send(vm_id, Op::Destroy, "destroy")
+    }
+
+    fn set_iso(&self, vm_id: &str, iso: Option<PathBuf>) -> Result<(), NodeError> {
+        self.send(vm_id, Op::SetIso(iso), "attach the ISO")
+    }
+
+    fn update_network(&self, table: &ForwardingTable) {
+        let _ = self.shared.net.send(NetMsg::Table(table.clone()));
+    }
+
+    fn inspect(&self, vm_id: &str) -> Option<NodeInfo> {
+        let dirs = NodeDirs::new(&self.shared.state_dir, vm_id);
+        if !dirs.vm.exists() {
+            return None;
+        }
+        let ns = netns::path(&node_name(&self.shared.prefix, vm_id));
+        let ns = ns.exists().then_some(ns);
+        let tree = ProcessTree::new(
+            marker(&self.shared.prefix, vm_id),
+            ns.as_deref().and_then(|p| netns::inode(p).ok()),
+        );
+        Some(NodeInfo {
+            root: dirs.root.clone(),
+            log_dir: dirs.logs.clone(),
+            netns: ns,
+            pids: tree.pids(),
+        })
+    }
+
+    fn shutdown(&self) {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let actors: Vec<Actor> = lock(&self.shared.actors).drain().map(|(_, a)| a).collect();
+        for actor in &actors {
+            let _ = actor.tx.send(Op::Shutdown);
+        }
+        for actor in actors {
+            let _ = actor.thread.join();
+        }
+        for thread in lock(&self.shared.retired).drain(..) {
+            let _ = thread.join();
+        }
+        let (done_tx, done_rx) = mpsc::channel();
+        if self.shared.net.send(NetMsg::Shutdown(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(NET_ACK);
+        }
+        if let Some((stop, thread)) = lock(&self.shared.runtime).take() {
+            let _ = stop.send(());
+            let _ = thread.join();
+        }
+        clean_leftovers(&self.shared.prefix, self.shared.config.stop_grace);
+        tracing::info!(prefix = %self.shared.prefix, "node runner stopped");
+    }
+}
+
+impl Drop for ProcessRunner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+// === names ===
+
+fn node_name(prefix: &str, vm_id: &str) -> String {
+    format!("{prefix}-vm-{vm_id}")
+}
+
+fn router_name(prefix: &str, network_id: &str) -> String {
+    format!("{prefix}-net-{network_id}")
+}
+
+fn marker(prefix: &str, vm_id: &str) -> String {
+    format!("{prefix}/{vm_id}")
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// Creates and deletes a namespace: proves root, iproute2 and kernel support.
+fn probe_namespaces(prefix: &str) -> Result<(), netns::NetnsError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(netns::NetnsError::Ip {
+            args: "netns add".into(),
+            stderr: "not running as root".into(),
+        });
+    }
+    let probe = format!("{prefix}-probe");
+    let _ = netns::delete(&probe);
+    netns::add(&probe)?;
+    netns::delete(&probe)
+}
+
+/// Kills the processes and deletes the namespaces named with `prefix`.
+fn clean_leftovers(prefix: &str, grace: Duration) {
+    let mut stale = 0;
+    let mut stale_processes = 0;
+    for name in netns::list(&format!("{prefix}-")) {
+        let path = netns::path(&name);
+        if let Ok(inode) = netns::inode(&path) {
+            let mut tree = ProcessTree::new(String::new(), Some(inode));
+            stale_processes += tree.pids().len();
+            tree.stop(grace);
+        }
+        if let Err(err) = netns::delete(&name) {
+            tracing::warn!(netns = %name, error = %err, "cannot delete a leftover namespace");
+        }
+        stale += 1;
+    }
+    stale_processes += process::kill_marked(&format!("{prefix}/"), grace);
+    if stale + stale_processes > 0 {
+        tracing::info!(
+            namespaces = stale,
+            processes = stale_processes,
+            "removed leftovers of an earlier run"
+        );
+    }
+}
+
+// === the per-VM worker ===
+
+/// A node's directories.
+struct NodeDirs {
+    vm: PathBuf,
+    root: PathBuf,
+    dev: PathBuf,
+    sys: PathBuf,
+    logs: PathBuf,
+}
+
+impl NodeDirs {
+    fn new(state_dir: &Path, vm_id: &str) -> Self {
+        let vm = state_dir.join("vms").join(vm_id);
+        NodeDirs {
+            root: vm.join("root"),
+            dev: vm.join("dev"),
+            sys: vm.join("sys"),
+            logs: vm.join("logs"),
+            vm,
+        }
+    }
+
+    fn by_label(&self) -> PathBuf {
+        self.dev.join("disk/by-label").join(BUNDLE_LABEL)
+    }
+
+    fn containerd_socket(&self) -> PathBuf {
+        self.root.join("run/containerd/containerd.sock")
+    }
+
+    fn containerd_config(&self) -> PathBuf {
+        self.root.join("etc/containerd/config.toml")
+    }
+
+    fn userdata_marker(&self) -> PathBuf {
+        self.vm.join("userdata.applied")
+    }
+}
+
+/// A running node's network: its namespace and the routers it holds a reference on.
+struct NodeNet {
+    name: String,
+    networks: Vec<String>,
+}
+
+struct Running {
+    tree: ProcessTree,
+    net: Option<NodeNet>,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    vm_id: String,
+    dirs: NodeDirs,
+    running: Option<Running>,
+}
+
+fn spawn_actor(shared: Arc<Shared>, vm_id: &str) -> io::Result<Actor> {
+    let (tx, rx) = mpsc::channel();
+    let mut worker = Worker {
+        dirs: NodeDirs::new(&shared.state_dir, vm_id),
+        shared,
+        vm_id: vm_id.to_owned(),
+        running: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("cloudsim-node-{}", &vm_id[..vm_id.len().min(8)]))
+        .spawn(move || worker.run(&rx))?;
+    Ok(Actor { tx, thread })
+}
+
+impl Worker {
+    fn run(&mut self, rx: &mpsc::Receiver<Op>) {
+        loop {
+            let op = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.report_exits();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Op::Shutdown,
+            };
+            match op {
+                Op::Start(spec) => {
+                    if self.running.is_some() {
+                        tracing::debug!(vm = %self.vm_id, "node already running");
+                    } else if let Err(err) = self.boot(&spec) {
+                        tracing::error!(
+                            vm = %self.vm_id,
+                            error = %ErrorChain(&err),
+                            logs = %self.dirs.logs.display(),
+                            "node failed to boot"
+                        );
+                        self.halt();
+                    }
+                }
+                Op::Stop => self.halt(),
+                Op::SetIso(iso) => {
+                    if let Err(err) = self.set_iso(iso.as_deref()) {
+                        tracing::error!(vm = %self.vm_id, error = %err, "cannot change the CD-ROM");
+                    }
+                }
+                Op::Destroy => {
+                    self.halt();
+                    if let Err(err) = std::fs::remove_dir_all(&self.dirs.vm)
+                        && err.kind() != io::ErrorKind::NotFound
+                    {
+                        tracing::error!(vm = %self.vm_id, error = %err, "cannot remove the node's disk");
+                    }
+                    tracing::info!(vm = %self.vm_id, "node destroyed");
+                    return;
+                }
+                Op::Shutdown => {
+                    self.halt();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn report_exits(&mut self) {
+        let Some(running) = &mut self.running else {
+            return;
+        };
+        for (program, status) in running.tree.reap_exited() {
+            tracing::warn!(
+                vm = %self.vm_id,
+                program,
+                %status,
+                log = %self.dirs.logs.join(format!("{program}.log")).display(),
+                "node process exited"
+            );
+        }
+    }
+
+    fn boot(&mut self, spec: &NodeSpec) -> Result<(), BootError> {
+        let dirs = &self.dirs;
+        let run_dir = dirs.root.join("run");
+        match std::fs::remove_dir_all(&run_dir) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                return Err(BootError::Prepare(run_dir, err));
+            }
+            _ => {}
+        }
+        for dir in [
+            &dirs.root,
+            &run_dir,
+            &dirs.root.join("root"),
+            &dirs.dev.join("disk/by-label"),
+            &dirs.sys.join("class/block"),
+            &dirs.logs,
+        ] {
+            std::fs::create_dir_all(dir).map_err(|e| BootError::Prepare(dir.clone(), e))?;
+        }
+        if let Some(data) = &spec.userdata
+            && !dirs.userdata_marker().exists()
+        {
+            let provisioning = userdata::parse(data)?;
+            userdata::apply(&provisioning, &dirs.root)?;
+            std::fs::write(dirs.userdata_marker(), b"")
+                .map_err(|e| BootError::Prepare(dirs.userdata_marker(), e))?;
+            tracing::info!(
+                vm = %self.vm_id,
+                format = ?provisioning.format,
+                files = provisioning.files.len(),
+                "userdata applied (first boot)"
+            );
+        }
+        self.set_iso(spec.iso.as_deref())
+            .map_err(|e| BootError::Prepare(self.dirs.by_label(), e))?;
+        self.write_containerd_config()?;
+
+        let net = if self.shared.namespaces {
+            Some(self.plug(spec)?)
+        } else {
+            None
+        };
+        let ns_path = net.as_ref().map(|n| netns::path(&n.name));
+        let inode = match &ns_path {
+            Some(path) => {
+                Some(netns::inode(path).map_err(|e| BootError::Prepare(path.clone(), e))?)
+            }
+            None => None,
+        };
+        self.running = Some(Running {
+            tree: ProcessTree::new(marker(&self.shared.prefix, &self.vm_id), inode),
+            net,
+        });
+        if let Some(net) = self.running.as_ref().and_then(|r| r.net.as_ref()) {
+            let (done, wait) = mpsc::channel();
+            let _ = self.shared.net.send(NetMsg::NodeUp {
+                vm_id: self.vm_id.clone(),
+                netns: netns::path(&net.name),
+                networks: net.networks.clone(),
+                done,
+            });
+            let _ = wait.recv_timeout(NET_ACK);
+        }
+
+        let mut containerd = self.command("containerd", &spec.name);
+        containerd
+            .arg("--config")
+            .arg(self.dirs.containerd_config());
+        self.spawn("containerd", containerd, ns_path.as_deref())?;
+        let socket = self.dirs.containerd_socket();
+        let rounds = CONTAINERD_READY.as_millis() / 50;
+        if !(0..rounds).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            socket.exists()
+        }) {
+            return Err(BootError::ContainerdNotReady(socket));
+        }
+
+        let mut agent = self.command(&self.shared.config.agent, &spec.name);
+        agent
+            .arg("run")
+            .arg("--root")
+            .arg(&self.dirs.root)
+            .arg("--containerd-socket")
+            .arg(&socket)
+            .arg("--dev-dir")
+            .arg(&self.dirs.dev)
+            .arg("--sys-dir")
+            .arg(&self.dirs.sys)
+            .args(["--mount", "user-space"]);
+        let pid = self.spawn("agent", agent, ns_path.as_deref())?;
+        tracing::info!(
+            vm = %self.vm_id,
+            name = %spec.name,
+            agent_pid = pid,
+            netns = ?ns_path,
+            root = %self.dirs.root.display(),
+            "node booted"
+        );
+        Ok(())
+    }
+
+    /// A command with the node's environment; output to `logs/<program name>.log`.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>, hostname: &str) -> Command {
+        let mut cmd = Command::new(program);
+        let node_bin = self.shared.state_dir.join("node-bin");
+        cmd.env_clear()
+            .env("PATH", format!("{}:{SYSTEM_PATH}", node_bin.display()))
+            .env("HOSTNAME", hostname)
+            .env("HOME", self.dirs.root.join("root"))
+            .env("KUBESIM_ROOT", &self.dirs.root)
+            .env("KUBESIM_CLUSTER", self.shared.state_dir.join("kubesim"))
+            .env("KUBESIM_BIN", &self.shared.config.kubesim_bin)
+            .env("NO_COLOR", "1")
+            .env(
+                "RUST_LOG",
+                std::env::var("CLOUDSIM_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn spawn(&mut self, name: &str, mut cmd: Command, ns: Option<&Path>) -> Result<u32, BootError> {
+        let log = self.dirs.logs.join(format!("{name}.log"));
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+        };
+        let out = open().map_err(|e| BootError::Prepare(log.clone(), e))?;
+        let err = open().map_err(|e| BootError::Prepare(log.clone(), e))?;
+        cmd.stdout(out).stderr(err);
+        let running = self.running.as_mut().ok_or_else(|| {
+            BootError::Spawn(name.to_owned(), io::Error::other("node not prepared"))
+        })?;
+        running
+            .tree
+            .spawn(name, cmd, ns)
+            .map_err(|e| BootError::Spawn(name.to_owned(), e))
+    }
+
+    fn write_containerd_config(&self) -> Result<(), BootError> {
+        let path = self.dirs.containerd_config();
+        if path.exists() {
+            return Ok(());
+        }
+        let root = &self.dirs.root;
+        let socket = self.dirs.containerd_socket();
+        let text = format!(
+            "# Written by cloudsim at the node's first boot (the template's containerd config).\n\
+             version = 2\n\
+             root = \"{}\"\n\
+             state = \"{}\"\n\n\
+             [grpc]\n  address = \"{}\"\n\n\
+             [ttrpc]\n  address = \"{}.ttrpc\"\n\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{}\"\n",
+            root.join("var/lib/containerd").display(),
+            root.join("run/containerd").display(),
+            socket.display(),
+            socket.display(),
+            root.join("opt/containerd").display(),
+        );
+        let write = || -> io::Result<()> {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, text)
+        };
+        write().map_err(|e| BootError::Prepare(path.clone(), e))
+    }
+
+    /// Points `dev/disk/by-label/CDROM` at the ISO file, or removes it.
+    fn set_iso(&self, iso: Option<&Path>) -> io::Result<()> {
+        let link = self.dirs.by_label();
+        match iso {
+            None => match std::fs::remove_file(&link) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+                _ => Ok(()),
+            },
+            Some(iso) => {
+                let target = iso.canonicalize()?;
+                let dir = self.dirs.dev.join("disk/by-label");
+                std::fs::create_dir_all(&dir)?;
+                let tmp = dir.join(format!(".{BUNDLE_LABEL}.tmp"));
+                let _ = std::fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(&target, &tmp)?;
+                std::fs::rename(&tmp, &link)?;
+                tracing::info!(vm = %self.vm_id, iso = %target.display(), "CD-ROM inserted");
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates the node's namespace and plugs one veth per NIC into its network's bridge.
+    fn plug(&self, spec: &NodeSpec) -> Result<NodeNet, BootError> {
+        let name = node_name(&self.shared.prefix, &self.vm_id);
+        netns::delete(&name)?;
+        netns::add(&name)?;
+        let mut net = NodeNet {
+            name: name.clone(),
+            networks: Vec::new(),
+        };
+        let result = (|| -> Result<(), BootError> {
+            for (i, nic) in spec.nics.iter().enumerate() {
+                let cidr = Cidr::parse(&nic.cidr).map_err(|_| BootError::BadNic(nic.ip.clone()))?;
+                let ip: Ipv4Addr = nic
+                    .ip
+                    .parse()
+                    .map_err(|_| BootError::BadNic(nic.ip.clone()))?;
+                let router = self.acquire_router(&nic.network_id, &cidr)?;
+                net.networks.push(nic.network_id.clone());
+                let outer = format!("vp{}", self.shared.veths.fetch_add(1, Ordering::Relaxed));
+                let inner = format!("eth{i}");
+                netns::ip(&[
+                    "-n", &router, "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+                    "netns", &name,
+                ])?;
+                netns::ip(&["-n", &router, "link", "set", &outer, "master", "br0", "up"])?;
+                if !nic.mac.is_empty() {
+                    netns::ip(&["-n", &name, "link", "set", &inner, "address", &nic.mac])?;
+                }
+                let address = format!("{ip}/{}", cidr.prefix());
+                netns::ip(&["-n", &name, "addr", "add", &address, "dev", &inner])?;
+                netns::ip(&["-n", &name, "link", "set", &inner, "up"])?;
+                if i == 0 {
+                    let gateway = cidr.gateway().to_string();
+                    netns::ip(&["-n", &name, "route", "add", "default", "via", &gateway])?;
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(net),
+            Err(err) => {
+                self.unplug(net);
+                Err(err)
+            }
+        }
+    }
+
+    /// Deletes the node's namespace and releases its routers.
+    fn unplug(&self, net: NodeNet) {
+        if let Err(err) = netns::delete(&net.name) {
+            tracing::warn!(netns = %net.name, error = %err, "cannot delete the node's namespace");
+        }
+        for network in &net.networks {
+            self.release_router(network);
+        }
+    }
+
+    /// The network's router namespace (created with its bridge and gateway on first use).
+    fn acquire_router(&self, network_id: &str, cidr: &Cidr) -> Result<String, BootError> {
+        let name = router_name(&self.shared.prefix, network_id);
+        let mut routers = lock(&self.shared.routers);
+        let count = routers.entry(network_id.to_owned()).or_insert(0);
+        if *count == 0 {
+            netns::delete(&name)?;
+            netns::add(&name)?;
+            let gateway = format!("{}/{}", cidr.gateway(), cidr.prefix());
+            let made = netns::ip(&["-n", &name, "link", "add", "br0", "type", "bridge"])
+                .and_then(|()| netns::ip(&["-n", &name, "addr", "add", &gateway, "dev", "br0"]))
+                .and_then(|()| netns::ip(&["-n", &name, "link", "set", "br0", "up"]));
+            if let Err(err) = made {
+                let _ = netns::delete(&name);
+                routers.remove(network_id);
+                return Err(err.into());
+            }
+            tracing::info!(network = %network_id, netns = %name, %gateway, "network bridge up");
+        }
+        *count += 1;
+        Ok(name)
+    }
+
+    fn release_router(&self, network_id: &str) {
+        let mut routers = lock(&self.shared.routers);
+        let Some(count) = routers.get_mut(network_id) else {
+            return;
+        };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            routers.remove(network_id);
+            let name = router_name(&self.shared.prefix, network_id);
+            if let Err(err) = netns::delete(&name) {
+                tracing::warn!(netns = %name, error = %err, "cannot delete a network's namespace");
+            }
+        }
+    }
+
+    /// Stops the node's processes, closes its forwarders, deletes its namespace.
+    fn halt(&mut self) {
+        let Some(mut running) = self.running.take() else {
+            return;
+        };
+        let killed = running.tree.stop(self.shared.config.stop_grace);
+        if let Some(net) = running.net {
+            let (done, wait) = mpsc::channel();
+            if self
+                .shared
+                .net
+                .send(NetMsg::NodeDown {
+                    vm_id: self.vm_id.clone(),
+                    done,
+                })
+                .is_ok()
+            {
+                let _ = wait.recv_timeout(NET_ACK);
+            }
+            self.unplug(net);
+        }
+        tracing::info!(vm = %self.vm_id, killed, "node stopped");
+    }
+}
+
+/// Why a node did not boot (logged; the VM stays Running as a VM whose OS failed would).
+#[derive(Debug, thiserror::Error)]
+enum BootError {
+    #[error("failed to prepare {0:?}")]
+    Prepare(PathBuf, #[source] io::Error),
+    #[error(transparent)]
+    Userdata(#[from] userdata::UserdataError),
+    #[error("NIC address {0:?} or its network's CIDR is invalid")]
+    BadNic(String),
+    #[error("failed to wire the node's network")]
+    Network(#[from] netns::NetnsError),
+    #[error("failed to start {0}")]
+    Spawn(String, #[source] io::Error),
+    #[error("containerd did not create {0:?} in time; see its log")]
+    ContainerdNotReady(PathBuf),
+}
+
+/// An error and its causes on one line.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// Formats `err` with its causes (`a: b: c`).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    ErrorChain(err).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubesim_bin_defaults_next_to_the_executable() {
+        let dir = default_kubesim_bin();
+        assert_ne!(dir.file_name().and_then(|n| n.to_str()), Some("deps"));
+        assert!(dir.join("deps").is_dir(), "{}", dir.display());
+    }
+
+    #[test]
+    fn names_fit_and_carry_the_prefix() {
+        let id = uuid::Uuid::new_v4().to_string();
+        assert_eq!(node_name("cs0a1b2c", &id), format!("cs0a1b2c-vm-{id}"));
+        assert!(router_name("cs0a1b2c", &id).starts_with("cs0a1b2c-net-"));
+        assert_eq!(marker("cs0a1b2c", "x"), "cs0a1b2c/x");
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = NodesConfig::new(dir.path().join("no-agent"));
+        assert!(matches!(
+            ProcessRunner::start(missing, dir.path()),
+            Err(NodesError::AgentMissing(_))
+        ));
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, "").unwrap();
+        let mut config = NodesConfig::new(agent);
+        config.egress = vec!["10.0.0.1:9443".parse().unwrap()];
+        config.network = NetworkMode::Loopback;
+        let err = ProcessRunner::start(config.clone(), dir.path()).err();
+        assert!(
+            matches!(
+                err,
+                Some(NodesError::EgressNotLoopback(_) | NodesError::ContainerdMissing)
+            ),
+            "{err:?}"
+        );
+        config.egress.clear();
+        let long = dir.path().join("x".repeat(100));
+        let err = ProcessRunner::start(config, &long).err();
+        assert!(
+            matches!(
+                err,
+                Some(NodesError::StateDirTooLong(_) | NodesError::ContainerdMissing)
+            ),
+            "{err:?}"
+        );
+    }
+}
