@@ -18,6 +18,7 @@ declare -A NEED=(
   [mkfs.ext4]=e2fsprogs
   [losetup]=mount
   [x86_64-linux-musl-gcc]=musl-tools  # the static cks-agent for the QEMU harness (make agent-static)
+  [ip]=iproute2  # cloudsim's node network namespaces, bridges and veths
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
