@@ -1,6 +1,8 @@
 //! Whole-system runs on local fixtures: `cks-demo` (`make demo`) and `cks-bench` (`make bench`).
 //! Both drive the real `cks-isobuilder` binary as an operator would.
 
+pub mod stack;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

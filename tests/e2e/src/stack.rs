@@ -1,0 +1,318 @@
+//! The whole system in one process, for end-to-end tests: bundle ISOs built by the real
+//! `cks-isobuilder` from a local upstream, the CloudStack simulator running VMs as real nodes
+//! (`cks-agent` + the Kubernetes stand-ins, in network namespaces), and the controller in
+//! front of it, with signed clients for an admin and a user.
+
+use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use cks_controller::cloudstack::{ClientConfig, CloudStackClient};
+use cks_controller::config::Config;
+use cks_controller::server::{self, Running};
+use cks_fixtures::registry::RegistryAuth;
+use cks_fixtures::upstream::Upstream;
+use cloudsim::nodes::NodesConfig;
+use cloudsim::{SimConfig, SimHandle, Simulator};
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// A bundle ISO built for one Kubernetes release.
+#[derive(Debug, Clone)]
+pub struct BuiltIso {
+    /// `1.33.1`.
+    pub kubernetes: String,
+    /// The ISO file.
+    pub path: PathBuf,
+    /// Its sha256 (hex).
+    pub sha256: String,
+}
+
+/// Builds one ISO per release in `kubernetes` with `isobuilder`, from a local upstream (a file
+/// server and a real registry on 127.0.0.1, stopped when this returns).
+///
+/// # Errors
+/// The upstream could not start or a build failed.
+pub fn build_isos(isobuilder: &Path, kubernetes: &[&str], out: &Path) -> Result<Vec<BuiltIso>> {
+    let upstream = Upstream::start_releases(RegistryAuth::None, kubernetes, &[], 1)?;
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let mut built = Vec::new();
+    for version in kubernetes {
+        let dir = out.join(format!("v{version}"));
+        std::fs::create_dir_all(&dir)?;
+        let spec = dir.join("release.toml");
+        std::fs::write(&spec, upstream.spec_text_for(version, arch))?;
+        let output = Command::new(isobuilder)
+            .arg("build")
+            .arg(&spec)
+            .arg("--out")
+            .arg(&dir)
+            .arg("--cache")
+            .arg(out.join("cache"))
+            .arg("--json")
+            .output()
+            .with_context(|| format!("running {}", isobuilder.display()))?;
+        ensure!(
+            output.status.success(),
+            "cks-isobuilder build {version} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let result: Value = serde_json::from_slice(&output.stdout)?;
+        built.push(BuiltIso {
+            kubernetes: (*version).to_string(),
+            path: PathBuf::from(result["iso"].as_str().context("iso path")?),
+            sha256: result["sha256"].as_str().context("sha256")?.to_string(),
+        });
+    }
+    Ok(built)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one host).
+///
+/// # Errors
+/// No port could be bound.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A signed client.
+///
+/// # Errors
+/// The endpoint is not a URL.
+pub fn client(endpoint: &str, api_key: &str, secret_key: &str) -> Result<CloudStackClient> {
+    let mut config = ClientConfig::new(endpoint, api_key, secret_key);
+    config.rate_limit = None;
+    Ok(CloudStackClient::new(config)?)
+}
+
+/// Where the stack's programs are.
+#[derive(Debug, Clone)]
+pub struct Programs {
+    /// `cks-isobuilder`.
+    pub isobuilder: PathBuf,
+    /// `cks-agent`, run on every node.
+    pub agent: PathBuf,
+    /// The directory of the kubesim stand-ins (`kubeadm`, `kubelet`, `systemctl`).
+    pub kubesim_bin: PathBuf,
+}
+
+impl Programs {
+    /// The binaries cargo built next to the running test (`target/<profile>`).
+    ///
+    /// # Errors
+    /// One is missing (the message says what to build).
+    pub fn beside_test() -> Result<Programs> {
+        let exe = std::env::current_exe()?;
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .context("target/<profile>/deps/<test>")?
+            .to_path_buf();
+        let find = |name: &str| -> Result<PathBuf> {
+            let path = dir.join(name);
+            if !path.is_file() {
+                bail!(
+                    "{} not found: build the workspace's binaries first (`cargo build --workspace --bins`, as make test does)",
+                    path.display()
+                );
+            }
+            Ok(path)
+        };
+        find("kubeadm")?;
+        find("kubelet")?;
+        Ok(Programs {
+            isobuilder: find("cks-isobuilder")?,
+            agent: find("cks-agent")?,
+            kubesim_bin: dir,
+        })
+    }
+}
+
+/// True when this machine can run namespaced nodes; prints why not otherwise.
+pub fn nodes_possible(what: &str) -> bool {
+    if !cks_fixtures::require_root_or_skip(what) {
+        return false;
+    }
+    if let Err(err) = cks_fixtures::require_tools(&[
+        "ip",
+        "containerd",
+        "ctr",
+        "xorriso",
+        "skopeo",
+        "docker-registry",
+        "kubectl",
+    ]) {
+        eprintln!("SKIPPED {what}: {err:#}; run scripts/install-deps.sh");
+        return false;
+    }
+    true
+}
+
+/// The simulator with real nodes and the controller in front of it.
+pub struct Stack {
+    /// The simulator.
+    pub sim: SimHandle,
+    /// The controller.
+    pub controller: Option<Running>,
+    /// The admin, through the controller.
+    pub admin: CloudStackClient,
+    /// The simulator's user, through the controller.
+    pub user: CloudStackClient,
+    /// Scratch space (state, kubeconfigs).
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts the simulator (real nodes, egress to the controller's agent endpoint) and the
+    /// controller.
+    ///
+    /// # Errors
+    /// Something could not start.
+    pub async fn start(programs: &Programs) -> Result<Stack> {
+        let dir = tempfile::tempdir()?;
+        let agent_port = free_port()?;
+        let agents = SocketAddrV4::new([127, 0, 0, 1].into(), agent_port);
+        let mut nodes = NodesConfig::new(programs.agent.clone());
+        nodes.kubesim_bin = programs.kubesim_bin.clone();
+        nodes.egress = vec![agents];
+        let mut config = SimConfig::for_tests();
+        config.state_dir = Some(dir.path().join("cloudsim"));
+        config.nodes = Some(nodes);
+        let sim = Simulator::start(config).await?;
+
+        let keys = sim.admin_keys();
+        let file = format!(
+            "data_dir = {:?}\n[cloudstack]\nendpoint = {:?}\napi_key = {:?}\nsecret_key = {:?}\n\
+             [api]\nlisten = \"127.0.0.1:0\"\n[agents]\nlisten = \"{agents}\"\n",
+            dir.path().join("controller"),
+            sim.endpoint(),
+            keys.api_key,
+            keys.secret_key
+        );
+        let config = Config::from_sources(None, Some(&file), &Default::default())?;
+        let controller = server::start(&config).await?;
+        let endpoint = format!("http://{}/client/api", controller.api_addr);
+        let admin = client(&endpoint, &keys.api_key, &keys.secret_key)?;
+        let user_keys = sim.user_keys();
+        let user = client(&endpoint, &user_keys.api_key, &user_keys.secret_key)?;
+        Ok(Stack {
+            sim,
+            controller: Some(controller),
+            admin,
+            user,
+            dir,
+        })
+    }
+
+    /// The controller's API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.controller
+            .as_ref()
+            .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.api_addr)
+    }
+
+    /// Registers `iso` as a supported version and waits until its ISO is Ready.
+    ///
+    /// # Errors
+    /// The controller refused it or the ISO did not become Ready.
+    pub async fn add_version(&self, iso: &BuiltIso) -> Result<String> {
+        let url = format!("file://{}", iso.path.display());
+        let checksum = format!("{{SHA-256}}{}", iso.sha256);
+        let out = self
+            .admin
+            .call(
+                "addKubernetesSupportedVersion",
+                &[
+                    ("semanticversion", &iso.kubernetes),
+                    ("url", &url),
+                    ("checksum", &checksum),
+                    ("mincpunumber", "2"),
+                    ("minmemory", "2048"),
+                ],
+            )
+            .await?;
+        let id = out["kubernetessupportedversion"]["id"]
+            .as_str()
+            .context("version id")?
+            .to_string();
+        for _ in 0..600 {
+            let list = self
+                .admin
+                .call("listKubernetesSupportedVersions", &[("id", &id)])
+                .await?;
+            match list["kubernetessupportedversion"][0]["isostate"].as_str() {
+                Some("Ready") => return Ok(id),
+                Some("Failed") => bail!("the ISO of version {} failed to download", iso.kubernetes),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        bail!("the ISO of version {} never became Ready", iso.kubernetes)
+    }
+
+    /// The zone and the 2 vCPU / 2 GB offering.
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn zone_and_offering(&self) -> Result<(String, String)> {
+        let zones = self.user.call("listZones", &[]).await?;
+        let zone = zones["zone"][0]["id"].as_str().context("zone")?.to_string();
+        let offerings = self.user.call("listServiceOfferings", &[]).await?;
+        let offering = offerings["serviceoffering"]
+            .as_array()
+            .and_then(|o| {
+                o.iter()
+                    .find(|o| o["cpunumber"] == 2 && o["memory"] == 2048)
+            })
+            .and_then(|o| o["id"].as_str())
+            .context("the 2 vCPU / 2 GB offering")?
+            .to_string();
+        Ok((zone, offering))
+    }
+
+    /// Waits for an async job of the controller; returns its `jobresult`.
+    ///
+    /// # Errors
+    /// The job failed or did not finish in `timeout`.
+    pub async fn wait_job(
+        &self,
+        client: &CloudStackClient,
+        job_id: &str,
+        timeout: Duration,
+    ) -> Result<Value> {
+        Ok(client.wait_job(job_id, Instant::now() + timeout).await?)
+    }
+
+    /// Stops the controller, then the simulator (and its nodes).
+    pub async fn stop(mut self) {
+        if let Some(controller) = self.controller.take() {
+            controller.stop().await;
+        }
+        self.sim.shutdown().await;
+    }
+}
+
+/// Runs the real `kubectl` with `kubeconfig`; returns stdout.
+///
+/// # Errors
+/// kubectl failed.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let output = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--request-timeout=20s")
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    ensure!(
+        output.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

@@ -1,0 +1,139 @@
+//! Kubernetes clusters end to end: the controller in front of the CloudStack simulator, whose
+//! VMs run the real `cks-agent` with the Kubernetes stand-ins, ISOs built by the real
+//! `cks-isobuilder`, and the real `kubectl` using the kubeconfig the controller hands out.
+//!
+//! Needs root (network namespaces, containerd) and the workspace's binaries (`make test`
+//! builds them); skipped with a message otherwise.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cks_e2e::stack::{BuiltIso, Programs, Stack, build_isos, kubectl, nodes_possible};
+use serde_json::Value;
+
+/// Creating a cluster on a busy 2-core machine: VMs boot, agents install, kubeadm runs.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn isos() -> &'static Vec<BuiltIso> {
+    static ISOS: OnceLock<Vec<BuiltIso>> = OnceLock::new();
+    ISOS.get_or_init(|| {
+        let programs = Programs::beside_test().unwrap();
+        let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-isos");
+        let _ = std::fs::remove_dir_all(&out);
+        build_isos(&programs.isobuilder, &["1.33.1"], &out).unwrap()
+    })
+}
+
+/// Creates a cluster as the user and waits for the job; returns the cluster object.
+async fn create(stack: &Stack, extra: &[(&str, &str)]) -> Value {
+    let version = stack.add_version(&isos()[0]).await.unwrap();
+    let (zone, offering) = stack.zone_and_offering().await.unwrap();
+    let mut params = vec![
+        ("zoneid", zone.as_str()),
+        ("kubernetesversionid", version.as_str()),
+        ("serviceofferingid", offering.as_str()),
+    ];
+    params.extend_from_slice(extra);
+    let job = stack
+        .user
+        .submit("createKubernetesCluster", &params)
+        .await
+        .unwrap();
+    let id = job.id.clone().unwrap();
+    match stack
+        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
+        .await
+    {
+        Ok(result) => result["kubernetescluster"].clone(),
+        Err(err) => {
+            let listed = stack
+                .user
+                .call("listKubernetesClusters", &[("id", &id)])
+                .await
+                .unwrap_or_default();
+            panic!(
+                "create failed: {err}\n{:#}",
+                listed["kubernetescluster"][0]["progress"]
+            );
+        }
+    }
+}
+
+async fn kubeconfig(stack: &Stack, id: &str) -> std::path::PathBuf {
+    let config = stack
+        .user
+        .call("getKubernetesClusterConfig", &[("id", id)])
+        .await
+        .unwrap();
+    let text = config["clusterconfig"]["configdata"].as_str().unwrap();
+    let path = stack.dir.path().join(format!("{id}.kubeconfig"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn delete_and_check_nothing_is_left(stack: &Stack, id: &str) {
+    let job = stack
+        .user
+        .submit("deleteKubernetesCluster", &[("id", id)])
+        .await
+        .unwrap();
+    stack
+        .wait_job(&stack.user, &job.job_id, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let vms = stack.user.call("listVirtualMachines", &[]).await.unwrap();
+    assert!(vms.get("virtualmachine").is_none(), "VMs left: {vms}");
+    let clusters = stack
+        .user
+        .call("listKubernetesClusters", &[])
+        .await
+        .unwrap();
+    assert_eq!(clusters, serde_json::json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_is_created_used_with_kubectl_and_deleted() {
+    if !nodes_possible("cluster end to end") {
+        return;
+    }
+    let stack = Stack::start(&Programs::beside_test().unwrap())
+        .await
+        .unwrap();
+    let cluster = create(&stack, &[("name", "e2e"), ("size", "1")]).await;
+    assert_eq!(cluster["state"], "Running", "{cluster:#}");
+    assert_eq!(cluster["virtualmachines"].as_array().unwrap().len(), 2);
+    let endpoint = cluster["endpoint"].as_str().unwrap();
+    let ip = cluster["ipaddress"].as_str().unwrap();
+    assert_eq!(endpoint, format!("https://{ip}:6443/"));
+    let id = cluster["id"].as_str().unwrap().to_string();
+
+    // The kubeconfig works from outside: the public IP's load balancer reaches the API server.
+    let config = kubeconfig(&stack, &id).await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains(&format!("server: https://{ip}:6443")),
+        "{text}"
+    );
+    let nodes: Value = serde_json::from_str(
+        &tokio::task::spawn_blocking(move || kubectl(&config, &["get", "nodes", "-o", "json"]))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    let items = nodes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{nodes:#}");
+    for node in items {
+        let ready = node["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        assert!(ready, "{node:#}");
+    }
+
+    delete_and_check_nothing_is_left(&stack, &id).await;
+    stack.stop().await;
+}
