@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use crate::forwarding::ForwardingTable;
 use crate::nodes::userdata::UserdataError;
 
-/// What a runner needs to bring up a node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a runner needs to bring up a node. `Debug` leaves the userdata out (it carries the
+/// enrollment token).
+#[derive(Clone, PartialEq, Eq)]
 pub struct NodeSpec {
     /// VM id.
     pub vm_id: String,
@@ -22,6 +23,24 @@ pub struct NodeSpec {
     pub nics: Vec<NicSpec>,
     /// The attached ISO's downloaded file, if any.
     pub iso: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NodeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSpec")
+            .field("vm_id", &self.vm_id)
+            .field("name", &self.name)
+            .field(
+                "userdata",
+                &self
+                    .userdata
+                    .as_ref()
+                    .map(|u| format!("<{} bytes>", u.len())),
+            )
+            .field("nics", &self.nics)
+            .field("iso", &self.iso)
+            .finish()
+    }
 }
 
 /// One NIC of a node.
@@ -159,5 +178,24 @@ impl NodeRunner for NoopRunner {
 
     fn set_iso(&self, _vm_id: &str, _iso: Option<PathBuf>) -> Result<(), NodeError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_specs_never_print_their_userdata() {
+        let spec = NodeSpec {
+            vm_id: "vm".into(),
+            name: "node-1".into(),
+            userdata: Some(b"enrollment_token = \"s3cr3t\"".to_vec()),
+            nics: Vec::new(),
+            iso: None,
+        };
+        let printed = format!("{spec:?}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("bytes"), "{printed}");
     }
 }

@@ -56,7 +56,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
@@ -72,6 +72,8 @@ use crate::node::{NodeError, NodeInfo, NodeNetwork, NodeRunner, NodeSpec};
 
 /// How long a node's processes get between SIGTERM and SIGKILL, by default.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long systemd waits before restarting a failed unit (both template units say 5 s).
+const RESTART_DELAY: Duration = Duration::from_secs(5);
 /// How long containerd may take to create its socket.
 const CONTAINERD_READY: Duration = Duration::from_secs(20);
 /// The volume id the agent looks for (contract 1).
@@ -573,6 +575,45 @@ struct NodeNet {
 struct Running {
     tree: ProcessTree,
     net: Option<NodeNet>,
+    /// The VM's host name.
+    hostname: String,
+    /// Programs to start again, and when (systemd's `Restart=` as the template's units say).
+    restarts: Vec<(Program, Instant)>,
+}
+
+/// The long-running programs of a node, with their template unit's restart policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Program {
+    /// `containerd.service`: `Restart=always`, `RestartSec=5`.
+    Containerd,
+    /// `cks-agent.service`: `Restart=on-failure`, `RestartSec=5s`,
+    /// `RestartPreventExitStatus=2 6` (agent/cks-agent.service).
+    Agent,
+}
+
+impl Program {
+    fn name(self) -> &'static str {
+        match self {
+            Program::Containerd => "containerd",
+            Program::Agent => "agent",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Program> {
+        match name {
+            "containerd" => Some(Program::Containerd),
+            "agent" => Some(Program::Agent),
+            _ => None,
+        }
+    }
+
+    /// Whether systemd would start it again after it exited with `status`.
+    fn restarts_after(self, status: std::process::ExitStatus) -> bool {
+        match self {
+            Program::Containerd => true,
+            Program::Agent => !status.success() && !matches!(status.code(), Some(2 | 6)),
+        }
+    }
 }
 
 struct Worker {
@@ -599,12 +640,10 @@ fn spawn_actor(shared: Arc<Shared>, vm_id: &str) -> io::Result<Actor> {
 impl Worker {
     fn run(&mut self, rx: &mpsc::Receiver<Op>) {
         loop {
+            self.report_exits();
             let op = match rx.recv_timeout(Duration::from_secs(1)) {
                 Ok(op) => op,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.report_exits();
-                    continue;
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => Op::Shutdown,
             };
             match op {
@@ -645,19 +684,85 @@ impl Worker {
         }
     }
 
+    /// Logs exited programs, schedules their restart as their unit says, and runs the restarts
+    /// that are due.
     fn report_exits(&mut self) {
         let Some(running) = &mut self.running else {
             return;
         };
-        for (program, status) in running.tree.reap_exited() {
+        for (name, status) in running.tree.reap_exited() {
+            let restart = Program::from_name(&name).filter(|p| p.restarts_after(status));
             tracing::warn!(
                 vm = %self.vm_id,
-                program,
+                program = %name,
                 %status,
-                log = %self.dirs.logs.join(format!("{program}.log")).display(),
+                restart_in_seconds = restart.map(|_| RESTART_DELAY.as_secs()),
+                log = %self.dirs.logs.join(format!("{name}.log")).display(),
                 "node process exited"
             );
+            if let Some(program) = restart {
+                running
+                    .restarts
+                    .push((program, Instant::now() + RESTART_DELAY));
+            }
         }
+        let now = Instant::now();
+        let due: Vec<Program> = running
+            .restarts
+            .iter()
+            .filter(|(_, at)| *at <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        running.restarts.retain(|(_, at)| *at > now);
+        for program in due {
+            if let Err(err) = self.start_program(program) {
+                tracing::error!(vm = %self.vm_id, error = %ErrorChain(&err), "restart failed");
+            }
+        }
+    }
+
+    /// Starts containerd (waiting for its socket) or the agent.
+    fn start_program(&mut self, program: Program) -> Result<u32, BootError> {
+        let Some(running) = &self.running else {
+            return Err(BootError::Spawn(
+                program.name().to_owned(),
+                io::Error::other("node not running"),
+            ));
+        };
+        let ns_path = running.net.as_ref().map(|n| netns::path(&n.name));
+        let socket = self.dirs.containerd_socket();
+        let mut cmd;
+        match program {
+            Program::Containerd => {
+                let _ = std::fs::remove_file(&socket);
+                cmd = self.command("containerd", &running.hostname);
+                cmd.arg("--config").arg(self.dirs.containerd_config());
+            }
+            Program::Agent => {
+                cmd = self.command(&self.shared.config.agent, &running.hostname);
+                cmd.arg("run")
+                    .arg("--root")
+                    .arg(&self.dirs.root)
+                    .arg("--containerd-socket")
+                    .arg(&socket)
+                    .arg("--dev-dir")
+                    .arg(&self.dirs.dev)
+                    .arg("--sys-dir")
+                    .arg(&self.dirs.sys)
+                    .args(["--mount", "user-space"]);
+            }
+        }
+        let pid = self.spawn(program.name(), cmd, ns_path.as_deref())?;
+        if program == Program::Containerd {
+            let rounds = CONTAINERD_READY.as_millis() / 50;
+            if !(0..rounds).any(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                socket.exists()
+            }) {
+                return Err(BootError::ContainerdNotReady(socket));
+            }
+        }
+        Ok(pid)
     }
 
     fn boot(&mut self, spec: &NodeSpec) -> Result<(), BootError> {
@@ -712,6 +817,8 @@ impl Worker {
         self.running = Some(Running {
             tree: ProcessTree::new(marker(&self.shared.prefix, &self.vm_id), inode),
             net,
+            hostname: spec.name.clone(),
+            restarts: Vec::new(),
         });
         if let Some(net) = self.running.as_ref().and_then(|r| r.net.as_ref()) {
             let (done, wait) = mpsc::channel();
@@ -724,33 +831,8 @@ impl Worker {
             let _ = wait.recv_timeout(NET_ACK);
         }
 
-        let mut containerd = self.command("containerd", &spec.name);
-        containerd
-            .arg("--config")
-            .arg(self.dirs.containerd_config());
-        self.spawn("containerd", containerd, ns_path.as_deref())?;
-        let socket = self.dirs.containerd_socket();
-        let rounds = CONTAINERD_READY.as_millis() / 50;
-        if !(0..rounds).any(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            socket.exists()
-        }) {
-            return Err(BootError::ContainerdNotReady(socket));
-        }
-
-        let mut agent = self.command(&self.shared.config.agent, &spec.name);
-        agent
-            .arg("run")
-            .arg("--root")
-            .arg(&self.dirs.root)
-            .arg("--containerd-socket")
-            .arg(&socket)
-            .arg("--dev-dir")
-            .arg(&self.dirs.dev)
-            .arg("--sys-dir")
-            .arg(&self.dirs.sys)
-            .args(["--mount", "user-space"]);
-        let pid = self.spawn("agent", agent, ns_path.as_deref())?;
+        self.start_program(Program::Containerd)?;
+        let pid = self.start_program(Program::Agent)?;
         tracing::info!(
             vm = %self.vm_id,
             name = %spec.name,
@@ -1020,6 +1102,19 @@ mod tests {
         let dir = default_kubesim_bin();
         assert_ne!(dir.file_name().and_then(|n| n.to_str()), Some("deps"));
         assert!(dir.join("deps").is_dir(), "{}", dir.display());
+    }
+
+    #[test]
+    fn programs_restart_as_their_template_units_say() {
+        use std::os::unix::process::ExitStatusExt;
+        let exited = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        let killed = std::process::ExitStatus::from_raw(9);
+        assert!(Program::Agent.restarts_after(exited(1)));
+        assert!(Program::Agent.restarts_after(killed));
+        for no in [0, 2, 6] {
+            assert!(!Program::Agent.restarts_after(exited(no)), "exit {no}");
+        }
+        assert!(Program::Containerd.restarts_after(exited(0)));
     }
 
     #[test]
