@@ -7,7 +7,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test demo bench lint fmt clean vm-assets agent-static test-vm
+.PHONY: all deps build test demo demo-stop bench lint fmt clean vm-assets agent-static test-vm
 
 all: build
 
@@ -39,11 +39,17 @@ agent-static: deps
 test-vm: deps agent-static
 	$(CARGO) test -p cks-agent --test qemu
 
-## make demo: builds a real bundle ISO from local fixtures (registry + file server on
-## 127.0.0.1), verifies it and shows what is in it.
+## make demo: the main job end to end on local fixtures: two bundle ISOs built by
+## cks-isobuilder, cloudsim (its VMs run cks-agent) and cks-controller started, both versions
+## registered, a 1 control + 2 worker cluster created with visible progress, its kubeconfig
+## printed and used by kubectl, then deleted. KEEP=1 leaves cloudsim and the controller
+## running and prints the `export CLOUDSTACK_…` lines for `cs`; `make demo-stop` stops them.
 demo: deps
-	$(CARGO) build --release -p cks-isobuilder -p cks-e2e --bins
-	target/release/cks-demo --isobuilder target/release/cks-isobuilder --out out/demo
+	$(CARGO) build --workspace --bins
+	target/debug/cks-demo --bin target/debug --out out/demo $(if $(KEEP),--keep)
+
+demo-stop:
+	@if [[ -x target/debug/cks-demo ]]; then target/debug/cks-demo --stop --out out/demo; else echo "nothing to stop"; fi
 
 ## make bench: ISO size, build-time and agent install ratios, side by side in one run.
 bench: deps

@@ -1,110 +1,427 @@
-//! `make demo`: builds a real bundle ISO from local fixtures, verifies it, shows it, and (as
-//! root) imports its images into a private containerd the way a stock CKS node does.
+//! `make demo`: the main job end to end on local fixtures, as an operator and a tenant would
+//! do it.
 //!
-//! Until the controller exists this is the main job end to end: an "upstream" (fake Kubernetes
-//! release files with published checksums on a file server, a Kubernetes-like image set in a
-//! real docker-registry) on 127.0.0.1 → `cks-isobuilder build` → `verify` → `inspect`.
+//! 1. Two bundle ISOs (Kubernetes 1.33.1 and 1.34.0) built by the real `cks-isobuilder` from a
+//!    local upstream (file server + docker-registry on 127.0.0.1), verified.
+//! 2. `cloudsim` (the CloudStack simulator; its VMs run the real `cks-agent` with the
+//!    Kubernetes stand-ins) and `cks-controller serve` started as background processes.
+//! 3. Both versions registered, then a cluster of 1 control node and 2 workers created with the
+//!    controller's CLI (progress shown), its kubeconfig printed and used by the real `kubectl`,
+//!    and the cluster deleted.
+//! 4. Without `--keep` both services are stopped; with it (`make demo KEEP=1`) they stay up and
+//!    the `export CLOUDSTACK_…` lines for `cs` are printed; `make demo-stop` stops them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
-use cks_fixtures::registry::RegistryAuth;
-use cks_fixtures::upstream::Upstream;
-use cks_proto::verify::BundleSource;
+use anyhow::{Context, Result, bail, ensure};
+use cks_e2e::stack::{BuiltIso, build_isos, client};
 use clap::Parser;
+use serde_json::Value;
+
+const CLOUDSIM_ADDR: &str = "127.0.0.1:8080";
+const API_ADDR: &str = "127.0.0.1:8090";
+const AGENTS_ADDR: &str = "127.0.0.1:8091";
+const RELEASES: [&str; 2] = ["1.33.1", "1.34.0"];
 
 #[derive(Parser)]
-#[command(about = "Build, verify and inspect a bundle ISO from local fixtures")]
+#[command(about = "Run the Kubernetes service end to end on local fixtures (make demo)")]
 struct Args {
-    /// The cks-isobuilder binary.
-    #[arg(long, default_value = "target/release/cks-isobuilder")]
-    isobuilder: PathBuf,
-    /// Where the ISO goes.
+    /// Directory of the workspace's binaries (cks-isobuilder, cks-agent, cloudsim,
+    /// cks-controller, kubeadm, kubelet, systemctl).
+    #[arg(long, default_value = "target/debug")]
+    bin: PathBuf,
+    /// Where the ISOs, state, logs and pid files go.
     #[arg(long, default_value = "out/demo")]
     out: PathBuf,
+    /// Leave cloudsim and the controller running and print the `export` lines for `cs`.
+    #[arg(long)]
+    keep: bool,
+    /// Stop what a `--keep` run left running, and exit.
+    #[arg(long)]
+    stop: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let isobuilder = args.isobuilder.canonicalize().context("--isobuilder")?;
     std::fs::create_dir_all(&args.out)?;
     let out = args.out.canonicalize()?;
+    if args.stop {
+        return stop_all(&out);
+    }
+    if out
+        .join("pids")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some())
+    {
+        bail!(
+            "a demo is still running (pid files in {}); run `make demo-stop` first",
+            out.join("pids").display()
+        );
+    }
+    let bin = args.bin.canonicalize().context("--bin")?;
+    let program = |name: &str| -> Result<PathBuf> {
+        let path = bin.join(name);
+        ensure!(
+            path.is_file(),
+            "{} is missing: run `make build`",
+            path.display()
+        );
+        Ok(path)
+    };
+    for name in ["kubeadm", "kubelet", "systemctl"] {
+        program(name)?;
+    }
+    let isobuilder = program("cks-isobuilder")?;
+    let agent = program("cks-agent")?;
+    let cloudsim = program("cloudsim")?;
+    let controller = program("cks-controller")?;
+    for dir in ["cloudsim", "controller", "logs"] {
+        let _ = std::fs::remove_dir_all(out.join(dir));
+    }
+    std::fs::create_dir_all(out.join("logs"))?;
+    std::fs::create_dir_all(out.join("pids"))?;
 
-    step("starting a local upstream: file server + docker-registry on 127.0.0.1");
-    let upstream = Upstream::start(RegistryAuth::None)?;
-    println!("    files    {}", upstream.files.url());
-    println!(
-        "    registry {} ({} images)",
-        upstream.registry.url(),
-        upstream.images.len()
-    );
-    let spec = out.join("release.toml");
-    std::fs::write(&spec, upstream.spec_text("amd64"))?;
-    println!("    spec     {}", spec.display());
+    step("building the bundle ISOs with cks-isobuilder from a local upstream");
+    let isos = build_isos(&isobuilder, &RELEASES, &out.join("isos"))?;
+    for iso in &isos {
+        println!("    {}  sha256 {}", iso.path.display(), iso.sha256);
+        run(&isobuilder, &["verify", path(&iso.path)])?;
+    }
 
-    step("cks-isobuilder build");
-    let cache = out.join("cache");
-    let built = cks_e2e::run(
-        &isobuilder,
-        &["build", s(&spec), "--out", s(&out), "--cache", s(&cache)],
+    let mut services = Services::default();
+    let keys = (random_hex(16), random_hex(32));
+    step(&format!(
+        "starting cloudsim on {CLOUDSIM_ADDR} (VMs run cks-agent in network namespaces)"
+    ));
+    services.start(
+        &out,
+        "cloudsim",
+        Command::new(&cloudsim)
+            .args(["--listen", CLOUDSIM_ADDR, "--job-millis", "200"])
+            .arg("--state")
+            .arg(out.join("cloudsim"))
+            .args(["--api-key", &keys.0, "--secret-key", &keys.1])
+            .arg("--agent")
+            .arg(&agent)
+            .arg("--kubesim-bin")
+            .arg(&bin)
+            .args(["--egress", AGENTS_ADDR]),
     )?;
-    println!("    built in {:.1}s", built.as_secs_f64());
-    let iso = out.join("setup-v1.33.1-x86_64.iso");
-
-    step("cks-isobuilder verify");
-    cks_e2e::run(&isobuilder, &["verify", s(&iso)])?;
-
-    step("cks-isobuilder inspect");
-    cks_e2e::run(&isobuilder, &["inspect", s(&iso)])?;
-
-    step("rebuild with another cache: same sha256 (reproducible)");
-    let again = out.join("again");
-    let other_cache = out.join("cache-2");
-    let (json, _) = cks_e2e::capture(
-        &isobuilder,
-        &[
-            "build",
-            s(&spec),
-            "--out",
-            s(&again),
-            "--cache",
-            s(&other_cache),
-            "--json",
-        ],
+    wait_http(CLOUDSIM_ADDR)?;
+    step(&format!(
+        "starting cks-controller on {API_ADDR} (agents on {AGENTS_ADDR})"
+    ));
+    services.start(
+        &out,
+        "controller",
+        Command::new(&controller)
+            .arg("serve")
+            .env(
+                "CKS_CLOUDSTACK_ENDPOINT",
+                format!("http://{CLOUDSIM_ADDR}/client/api"),
+            )
+            .env("CKS_CLOUDSTACK_API_KEY", &keys.0)
+            .env("CKS_CLOUDSTACK_SECRET_KEY", &keys.1)
+            .env("CKS_API_LISTEN", API_ADDR)
+            .env("CKS_AGENTS_LISTEN", AGENTS_ADDR)
+            .env("CKS_DATA_DIR", out.join("controller")),
     )?;
-    let second: serde_json::Value = serde_json::from_str(&json)?;
-    let first = std::fs::read_to_string(out.join("setup-v1.33.1-x86_64.iso.sha256"))?;
-    let first = first.split_whitespace().next().unwrap_or_default();
-    println!(
-        "    first  {first}\n    second {}",
-        second["sha256"].as_str().unwrap_or_default()
-    );
-    anyhow::ensure!(second["sha256"].as_str() == Some(first), "builds differ");
-    std::fs::remove_dir_all(&again)?;
-    std::fs::remove_dir_all(&other_cache)?;
+    wait_http(API_ADDR)?;
 
-    if cks_fixtures::tools::require_root_or_skip("the containerd import step") {
-        step("stock CKS node loop: for f in docker/*.tar; do ctr -n k8s.io images import $f; done");
-        let containerd = cks_fixtures::containerd::Containerd::start()?;
-        let bundle = cks_proto::iso::IsoBundle::open(&iso)?;
-        let scratch = tempfile::tempdir()?;
-        for file in bundle
-            .list_files()?
-            .iter()
-            .filter(|f| f.path.starts_with("docker/"))
-        {
-            let dest = scratch.path().join(file.path.replace('/', "_"));
-            std::io::copy(
-                &mut bundle.open(&file.path)?,
-                &mut std::fs::File::create(&dest)?,
-            )?;
-            containerd.import(&dest)?;
+    let endpoint = format!("http://{API_ADDR}/client/api");
+    let cli = Cli {
+        program: controller.clone(),
+        endpoint: endpoint.clone(),
+        key: keys.0.clone(),
+        secret: keys.1.clone(),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let api = client(&endpoint, &keys.0, &keys.1)?;
+    let result = runtime.block_on(tenant_flow(&cli, &api, &isos, &out));
+    if let Err(err) = &result {
+        eprintln!(
+            "\ndemo failed: {err:#}\nlogs: {}",
+            out.join("logs").display()
+        );
+    }
+    if args.keep && result.is_ok() {
+        step("left running (make demo-stop stops them); for the cs client:");
+        println!("export CLOUDSTACK_ENDPOINT={endpoint}");
+        println!("export CLOUDSTACK_KEY={}", keys.0);
+        println!("export CLOUDSTACK_SECRET={}", keys.1);
+        services.forget();
+    } else {
+        step("stopping cks-controller and cloudsim");
+        services.stop_all(&out);
+    }
+    result
+}
+
+/// The controller's CLI, as a person would run it.
+struct Cli {
+    program: PathBuf,
+    endpoint: String,
+    key: String,
+    secret: String,
+}
+
+impl Cli {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .args(args)
+            .env("CLOUDSTACK_ENDPOINT", &self.endpoint)
+            .env("CLOUDSTACK_KEY", &self.key)
+            .env("CLOUDSTACK_SECRET", &self.secret);
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String> {
+        println!("    $ cks-controller {}", args.join(" "));
+        let output = self.command(args).stderr(Stdio::inherit()).output()?;
+        ensure!(
+            output.status.success(),
+            "cks-controller {} failed",
+            args.join(" ")
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+async fn tenant_flow(
+    cli: &Cli,
+    api: &cks_controller::cloudstack::CloudStackClient,
+    isos: &[BuiltIso],
+    out: &Path,
+) -> Result<()> {
+    step("registering both versions (addKubernetesSupportedVersion)");
+    let mut versions = Vec::new();
+    for iso in isos {
+        let added = cli.run(&[
+            "version",
+            "add",
+            "--semver",
+            &iso.kubernetes,
+            "--url",
+            &format!("file://{}", iso.path.display()),
+            "--checksum",
+            &format!("{{SHA-256}}{}", iso.sha256),
+        ])?;
+        let added: Value = serde_json::from_str(&added)?;
+        versions.push(
+            added["kubernetessupportedversion"]["id"]
+                .as_str()
+                .context("version id")?
+                .to_string(),
+        );
+    }
+    wait_versions_ready(api, &versions).await?;
+    print!("{}", cli.run(&["version", "list"])?);
+
+    step("creating a cluster: 1 control node + 2 workers, Kubernetes 1.33.1");
+    let zones = api.call("listZones", &[]).await?;
+    let zone = zones["zone"][0]["id"].as_str().context("zone")?.to_string();
+    let offerings = api.call("listServiceOfferings", &[]).await?;
+    let offering = offerings["serviceoffering"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["cpunumber"] == 2))
+        .and_then(|o| o["id"].as_str())
+        .context("a 2 vCPU offering")?
+        .to_string();
+    let id = cli
+        .run(&[
+            "cluster",
+            "create",
+            "--name",
+            "demo",
+            "--zone",
+            &zone,
+            "--version",
+            &versions[0],
+            "--offering",
+            &offering,
+            "--size",
+            "2",
+        ])?
+        .trim()
+        .to_string();
+    print!("{}", cli.run(&["cluster", "list"])?);
+
+    step("the kubeconfig (getKubernetesClusterConfig)");
+    let kubeconfig = cli.run(&["cluster", "kubeconfig", &id])?;
+    println!("{kubeconfig}");
+    let path = out.join("kubeconfig");
+    std::fs::write(&path, &kubeconfig)?;
+    step("kubectl get nodes, through the cluster's public IP");
+    let status = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&path)
+        .args(["get", "nodes", "-o", "wide"])
+        .status()
+        .context("running kubectl")?;
+    ensure!(status.success(), "kubectl get nodes failed");
+
+    step("deleting the cluster (deleteKubernetesCluster)");
+    cli.run(&["cluster", "delete", &id])?;
+    let vms = api.call("listVirtualMachines", &[]).await?;
+    ensure!(vms.get("virtualmachine").is_none(), "VMs left: {vms}");
+    println!("    no VM, rule or network left");
+    Ok(())
+}
+
+async fn wait_versions_ready(
+    api: &cks_controller::cloudstack::CloudStackClient,
+    ids: &[String],
+) -> Result<()> {
+    for id in ids {
+        let mut ready = false;
+        for _ in 0..300 {
+            let list = api
+                .call("listKubernetesSupportedVersions", &[("id", id)])
+                .await?;
+            match list["kubernetessupportedversion"][0]["isostate"].as_str() {
+                Some("Ready") => {
+                    ready = true;
+                    break;
+                }
+                Some("Failed") => bail!("the ISO of version {id} failed to download"),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
         }
-        for (name, digest) in containerd.images()? {
-            println!("    {name}  {digest}");
+        ensure!(ready, "the ISO of version {id} never became Ready");
+    }
+    Ok(())
+}
+
+/// The background services, stopped by pid.
+#[derive(Default)]
+struct Services {
+    children: Vec<(String, Child)>,
+}
+
+impl Services {
+    fn start(&mut self, out: &Path, name: &str, command: &mut Command) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(out.join("logs").join(format!("{name}.log")))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: Ctrl-C of the demo does not kill a kept service.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        std::fs::write(
+            out.join("pids").join(format!("{name}.pid")),
+            child.id().to_string(),
+        )?;
+        println!(
+            "    {name}: pid {}, log {}",
+            child.id(),
+            out.join("logs").join(format!("{name}.log")).display()
+        );
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    /// Keeps the services running after the demo exits.
+    fn forget(&mut self) {
+        self.children.clear();
+    }
+
+    fn stop_all(&mut self, out: &Path) {
+        // The controller first: it stops at a step boundary; then the simulator and its nodes.
+        while let Some((name, mut child)) = self.children.pop() {
+            terminate(child.id());
+            let _ = child.wait();
+            let _ = std::fs::remove_file(out.join("pids").join(format!("{name}.pid")));
         }
     }
-    step(&format!("done: {}", iso.display()));
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after 20 s (cloudsim stops its nodes on SIGTERM).
+fn terminate(pid: u32) {
+    let pid = pid.to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    for _ in 0..200 {
+        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(&pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+}
+
+fn is_zombie(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// `make demo-stop`: stops what `--keep` left running, by the pids it recorded.
+fn stop_all(out: &Path) -> Result<()> {
+    let pids = out.join("pids");
+    let Ok(entries) = std::fs::read_dir(&pids) else {
+        println!("nothing to stop");
+        return Ok(());
+    };
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    // controller.pid sorts before cloudsim.pid when reversed: stop the controller first.
+    files.sort();
+    files.reverse();
+    for file in files {
+        let pid = std::fs::read_to_string(&file)?.trim().to_string();
+        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
+        if pid.parse::<u32>().is_ok() && Path::new(&format!("/proc/{pid}")).exists() {
+            println!("stopping {name} (pid {pid})");
+            if let Ok(pid) = pid.parse() {
+                terminate(pid);
+            }
+        }
+        std::fs::remove_file(&file)?;
+    }
+    Ok(())
+}
+
+/// Waits until something accepts TCP connections on `addr` (bounded).
+fn wait_http(addr: &str) -> Result<()> {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listens on {addr} after 30 s; see the logs in out/demo/logs")
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let _ = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn run(program: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new(program).args(args).status()?;
+    ensure!(
+        status.success(),
+        "{} {} failed",
+        program.display(),
+        args.join(" ")
+    );
     Ok(())
 }
 
@@ -112,6 +429,6 @@ fn step(text: &str) {
     println!("\n==> {text}");
 }
 
-fn s(p: &std::path::Path) -> &str {
+fn path(p: &Path) -> &str {
     p.to_str().unwrap_or_default()
 }
