@@ -16,6 +16,10 @@ use serde_json::Value;
 /// Creating a cluster on a busy 2-core machine: VMs boot, agents install, kubeadm runs.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// One cluster at a time: each node runs an agent and a containerd, and the machine has two
+/// cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn isos() -> &'static Vec<BuiltIso> {
     static ISOS: OnceLock<Vec<BuiltIso>> = OnceLock::new();
     ISOS.get_or_init(|| {
@@ -61,6 +65,24 @@ async fn create(stack: &Stack, extra: &[(&str, &str)]) -> Value {
     }
 }
 
+fn ready_nodes(kubeconfig: std::path::PathBuf) -> Vec<String> {
+    let nodes: Value =
+        serde_json::from_str(&kubectl(&kubeconfig, &["get", "nodes", "-o", "json"]).unwrap())
+            .unwrap();
+    nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|node| {
+            node["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        })
+        .map(|node| node["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 async fn kubeconfig(stack: &Stack, id: &str) -> std::path::PathBuf {
     let config = stack
         .user
@@ -98,6 +120,7 @@ async fn a_cluster_is_created_used_with_kubectl_and_deleted() {
     if !nodes_possible("cluster end to end") {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().await;
     let stack = Stack::start(&Programs::beside_test().unwrap())
         .await
         .unwrap();
@@ -116,24 +139,134 @@ async fn a_cluster_is_created_used_with_kubectl_and_deleted() {
         text.contains(&format!("server: https://{ip}:6443")),
         "{text}"
     );
-    let nodes: Value = serde_json::from_str(
-        &tokio::task::spawn_blocking(move || kubectl(&config, &["get", "nodes", "-o", "json"]))
-            .await
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap();
-    let items = nodes["items"].as_array().unwrap();
-    assert_eq!(items.len(), 2, "{nodes:#}");
-    for node in items {
-        let ready = node["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        assert!(ready, "{node:#}");
-    }
+    let ready = tokio::task::spawn_blocking(move || ready_nodes(config))
+        .await
+        .unwrap();
+    assert_eq!(ready.len(), 2, "{ready:?}");
 
+    delete_and_check_nothing_is_left(&stack, &id).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ha_cluster_of_three_control_nodes_and_two_workers_runs_behind_the_load_balancer() {
+    if !nodes_possible("HA cluster end to end") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start(&Programs::beside_test().unwrap())
+        .await
+        .unwrap();
+    let cluster = create(
+        &stack,
+        &[("name", "ha"), ("controlnodes", "3"), ("size", "2")],
+    )
+    .await;
+    assert_eq!(cluster["state"], "Running", "{cluster:#}");
+    assert_eq!(cluster["controlnodes"], 3);
+    let vms = cluster["virtualmachines"].as_array().unwrap();
+    assert_eq!(vms.len(), 5);
+    assert_eq!(
+        vms.iter().filter(|vm| vm["iscontrolnode"] == true).count(),
+        3
+    );
+    let id = cluster["id"].as_str().unwrap().to_string();
+    // The API load balancer targets every control node.
+    let rules = stack
+        .admin
+        .call(
+            "listLoadBalancerRules",
+            &[
+                ("publicipid", cluster["ipaddressid"].as_str().unwrap()),
+                ("listall", "true"),
+            ],
+        )
+        .await
+        .unwrap();
+    let rules = rules
+        .as_object()
+        .unwrap()
+        .values()
+        .find_map(Value::as_array)
+        .unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["name"], "api-lb");
+    let config = kubeconfig(&stack, &id).await;
+    let ready = tokio::task::spawn_blocking(move || ready_nodes(config))
+        .await
+        .unwrap();
+    assert_eq!(ready.len(), 5, "{ready:?}");
+    delete_and_check_nothing_is_left(&stack, &id).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_private_registry_reaches_every_node_and_its_password_nothing_else() {
+    if !nodes_possible("private registry cluster end to end") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start(&Programs::beside_test().unwrap())
+        .await
+        .unwrap();
+    stack
+        .admin
+        .call(
+            "updateConfiguration",
+            &[
+                (
+                    "name",
+                    "cloud.kubernetes.cluster.experimental.features.enabled",
+                ),
+                ("value", "true"),
+            ],
+        )
+        .await
+        .unwrap();
+    const PASSWORD: &str = "s3cret-registry-pass";
+    let cluster = create(
+        &stack,
+        &[
+            ("name", "private"),
+            ("size", "1"),
+            (
+                "dockerregistryurl",
+                "https://registry.example.internal:5000",
+            ),
+            ("dockerregistryusername", "robot"),
+            ("dockerregistrypassword", PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(cluster["state"], "Running", "{cluster:#}");
+    assert_eq!(cluster["dockerregistryusername"], "robot");
+    assert!(
+        !cluster.to_string().contains(PASSWORD),
+        "password in the API response"
+    );
+    for vm in cluster["virtualmachines"].as_array().unwrap() {
+        let node = stack.sim.node(vm["id"].as_str().unwrap()).unwrap();
+        // containerd on the node knows the mirror and the credentials ...
+        let config = std::fs::read_to_string(node.root.join("etc/containerd/config.toml"))
+            .unwrap_or_default();
+        assert!(
+            config.contains("registry.example.internal:5000"),
+            "no mirror on {}: {config}",
+            vm["name"]
+        );
+        // ... and no log holds the password, nor does the VM's userdata.
+        for entry in std::fs::read_dir(&node.log_dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+            assert!(!text.contains(PASSWORD), "password in a node log");
+        }
+    }
+    let vms = stack
+        .admin
+        .call("listVirtualMachines", &[("listall", "true")])
+        .await
+        .unwrap();
+    assert!(!vms.to_string().contains(PASSWORD));
+    let id = cluster["id"].as_str().unwrap().to_string();
     delete_and_check_nothing_is_left(&stack, &id).await;
     stack.stop().await;
 }
