@@ -632,7 +632,10 @@ fn spawn_actor(shared: Arc<Shared>, vm_id: &str) -> io::Result<Actor> {
         running: None,
     };
     let thread = std::thread::Builder::new()
-        .name(format!("cloudsim-node-{}", &vm_id[..vm_id.len().min(8)]))
+        .name(format!(
+            "cloudsim-node-{}",
+            vm_id.chars().take(8).collect::<String>()
+        ))
         .spawn(move || worker.run(&rx))?;
     Ok(Actor { tx, thread })
 }
@@ -1037,6 +1040,8 @@ impl Worker {
             return;
         };
         let killed = running.tree.stop(self.shared.config.stop_grace);
+        // A containerd killed while unpacking or running a container can leave mounts behind.
+        process::unmount_below(&self.dirs.vm);
         if let Some(net) = running.net {
             let (done, wait) = mpsc::channel();
             if self

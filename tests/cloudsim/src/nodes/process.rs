@@ -9,7 +9,7 @@
 //! time, then sends SIGKILL, and reaps its own children.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
@@ -224,6 +224,48 @@ pub fn kill_marked(prefix: &str, grace: Duration) -> usize {
     found.len()
 }
 
+/// Detaches every mount point at or below `dir` (deepest first), as a power-off drops a VM's
+/// mounts; returns how many there were.
+pub fn unmount_below(dir: &Path) -> usize {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mount_path(field)))
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for point in &points {
+        if let Err(errno) = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(mount = %point.display(), %errno, "cannot detach a node's mount");
+        }
+    }
+    points.len()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape_mount_path(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = field
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +313,27 @@ mod tests {
         let killed = tree.stop(Duration::from_millis(200));
         assert!(killed >= 1, "{killed}");
         assert!(tree.pids().is_empty());
+    }
+
+    #[test]
+    fn mount_paths_are_unescaped_and_foreign_mounts_left_alone() {
+        assert_eq!(unescape_mount_path("/a\\040b/c"), "/a b/c");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(unmount_below(dir.path()), 0);
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let point = dir.path().join("vm/root/with space");
+        std::fs::create_dir_all(&point).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&point)
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        assert_eq!(unmount_below(&dir.path().join("vm")), 1);
+        assert_eq!(unmount_below(&dir.path().join("vm")), 0, "gone");
     }
 
     #[test]
