@@ -71,6 +71,17 @@ pub fn merge(flags: &mut Parsed, command: &str) -> Result<(), String> {
                     "node-name",
                     value.get("nodeRegistration").and_then(|n| n.get("name")),
                 );
+                let local = value.get("localAPIEndpoint");
+                set(
+                    flags,
+                    "apiserver-advertise-address",
+                    local.and_then(|l| l.get("advertiseAddress")),
+                );
+                set(
+                    flags,
+                    "apiserver-bind-port",
+                    local.and_then(|l| l.get("bindPort")),
+                );
             }
             ("init", "ClusterConfiguration") => {
                 set(
@@ -134,6 +145,17 @@ pub fn merge(flags: &mut Parsed, command: &str) -> Result<(), String> {
                         .values
                         .insert("control-plane".into(), vec!["true".into()]);
                     set(flags, "certificate-key", cp.get("certificateKey"));
+                    let local = cp.get("localAPIEndpoint");
+                    set(
+                        flags,
+                        "apiserver-advertise-address",
+                        local.and_then(|l| l.get("advertiseAddress")),
+                    );
+                    set(
+                        flags,
+                        "apiserver-bind-port",
+                        local.and_then(|l| l.get("bindPort")),
+                    );
                 }
                 set(
                     flags,

@@ -1,0 +1,36 @@
+//! `kube-apiserver` stand-in (see `kubesim::apiserver`). Run by the kubelet stand-in from the
+//! static pod manifest; stops on SIGTERM/SIGINT and when its parent (the kubelet) goes away.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    kubesim::daemon::init_logging();
+    let env = match kubesim::env::NodeEnv::from_env() {
+        Ok(env) => env,
+        Err(err) => {
+            eprintln!("kube-apiserver (kubesim stand-in): {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--version") {
+        println!("Kubernetes {}", env.version);
+        return ExitCode::SUCCESS;
+    }
+    let config = match kubesim::apiserver::ApiServerConfig::from_args(&args, &env) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("Error: {}", kubesim::daemon::error_chain(&err));
+            return ExitCode::from(1);
+        }
+    };
+    kubesim::daemon::block_on(async move {
+        match kubesim::apiserver::run(config, kubesim::daemon::shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("Error: {}", kubesim::daemon::error_chain(&err));
+                ExitCode::from(1)
+            }
+        }
+    })
+}
