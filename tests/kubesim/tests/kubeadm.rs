@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kubesim::cluster::{ClusterDir, ClusterState};
 use kubesim::kubeadm::{Env, Outcome, node_path, run};
+use kubesim::kubeconfig::Kubeconfig;
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
 const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -31,14 +33,21 @@ impl Cluster {
     }
 
     fn kubeadm(&self, node: &Path, args: &[&str]) -> Outcome {
-        let env = Env {
-            root: node.to_path_buf(),
-            cluster: self.dir.path().join("cluster"),
-            version: "v1.33.1".into(),
-            now: self.now,
-        };
+        let env = Env::new(
+            node.to_path_buf(),
+            self.dir.path().join("cluster"),
+            "v1.33.1",
+            self.now,
+        );
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         run(&args, &env, &mut std::io::empty())
+    }
+
+    /// kubeadm's view of the (only) cluster.
+    fn state(&self) -> ClusterState {
+        let dirs = ClusterDir::all(&self.dir.path().join("cluster"));
+        assert_eq!(dirs.len(), 1, "one cluster");
+        dirs[0].read_state().unwrap()
     }
 
     fn init(&self, node: &Path) -> Outcome {
@@ -115,12 +124,46 @@ fn init_writes_kubeadms_files_prints_the_join_command_and_refuses_a_second_init(
     assert!(stdout.contains(&format!("--control-plane --certificate-key {KEY}")));
     let hash = printed_hash(stdout);
     assert_eq!(hash.len(), "sha256:".len() + 64);
+    // Real certificates: the serving certificate covers the endpoint and the extra SANs, the
+    // admin kubeconfig's client certificate names kubeadm's admin identity, the discovery hash
+    // is the CA's.
+    let ca = std::fs::read_to_string(node_path(&cp, "/etc/kubernetes/pki/ca.crt")).unwrap();
+    assert_eq!(kubesim::pki::cert_hash_of_pem(&ca).unwrap(), hash);
+    let serving =
+        std::fs::read_to_string(node_path(&cp, "/etc/kubernetes/pki/apiserver.crt")).unwrap();
+    let sans = kubesim::pki::sans_of_pem(&serving);
+    for name in [
+        "api.example",
+        "203.0.113.10",
+        "10.96.0.1",
+        "kubernetes.default",
+        "cp-0",
+    ] {
+        assert!(sans.iter().any(|s| s == name), "{name} not in {sans:?}");
+    }
+    let kubeconfig = Kubeconfig::from_yaml(&admin).unwrap();
+    let der = kubesim::pki::first_cert_der(&kubeconfig.client_cert_pem).unwrap();
+    assert_eq!(
+        kubesim::pki::subject_of_der(&der).unwrap(),
+        (
+            "kubernetes-admin".to_string(),
+            vec!["kubeadm:cluster-admins".to_string()]
+        )
+    );
+    assert!(!admin.contains("stand-in"), "no placeholder credentials");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(node_path(&cp, "/etc/kubernetes/admin.conf"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
     let apiserver = std::fs::read_to_string(node_path(
         &cp,
         "/etc/kubernetes/manifests/kube-apiserver.yaml",
     ))
     .unwrap();
-    assert!(apiserver.contains("api.example"));
+    assert!(apiserver.contains("- --secure-port=6443"), "{apiserver}");
+    assert!(apiserver.contains("image: registry.k8s.io/kube-apiserver:v1.33.1"));
 
     refused(
         &c.init(&cp),
@@ -230,6 +273,21 @@ fn workers_and_control_planes_join_only_with_valid_material() {
     refused(&cp_join(&"f".repeat(64)), "error downloading certs");
     ok(&cp_join(KEY));
     assert!(node_path(&cp1, "/etc/kubernetes/admin.conf").is_file());
+    assert!(node_path(&cp1, "/etc/kubernetes/pki/apiserver.crt").is_file());
+    assert!(node_path(&cp1, "/etc/kubernetes/manifests/kube-apiserver.yaml").is_file());
+    // The worker's kubelet credentials are its own node identity, signed by the cluster CA.
+    let kubelet = Kubeconfig::from_yaml(
+        &std::fs::read_to_string(node_path(&w, "/etc/kubernetes/kubelet.conf")).unwrap(),
+    )
+    .unwrap();
+    let der = kubesim::pki::first_cert_der(&kubelet.client_cert_pem).unwrap();
+    assert_eq!(
+        kubesim::pki::subject_of_der(&der).unwrap(),
+        (
+            "system:node:w-0".to_string(),
+            vec!["system:nodes".to_string()]
+        )
+    );
 }
 
 #[test]
@@ -320,8 +378,8 @@ fn reset_removes_what_init_wrote_and_the_node() {
     ok(&c.kubeadm(&cp, &["reset", "-f"]));
     assert!(!node_path(&cp, "/etc/kubernetes/admin.conf").exists());
     assert!(!node_path(&cp, "/etc/kubernetes/manifests").exists());
-    let state = std::fs::read_to_string(c.dir.path().join("cluster/cluster.json")).unwrap();
-    assert!(!state.contains("\"cp-0\""), "{state}");
+    let state = c.state();
+    assert!(!state.nodes.iter().any(|n| n.name == "cp-0"), "{state:?}");
 }
 
 #[test]
@@ -333,6 +391,18 @@ fn upgrades_follow_the_kubeadm_version() {
         &c.kubeadm(&cp, &["upgrade", "apply", "v1.34.0", "-y"]),
         "Upgrade kubeadm first",
     );
+    let newer = Env::new(cp.clone(), c.dir.path().join("cluster"), "v1.35.0", c.now);
+    let skip = run(
+        &[
+            "upgrade".into(),
+            "apply".into(),
+            "v1.35.0".into(),
+            "-y".into(),
+        ],
+        &newer,
+        &mut std::io::empty(),
+    );
+    refused(&skip, "kubeadm can upgrade only 1 minor version at a time");
     ok(&c.kubeadm(&cp, &["upgrade", "apply", "v1.33.1", "-y"]));
     ok(&c.kubeadm(&cp, &["upgrade", "node"]));
     assert_eq!(
@@ -383,12 +453,9 @@ fn secrets_can_come_from_a_config_file_instead_of_arguments() {
     let stdout = ok(&c.kubeadm(&cp, &["init", "--config", cfg, "--upload-certs"])).to_string();
     let hash = printed_hash(&stdout);
     assert!(stdout.contains(&format!("--token {TOKEN}")));
-    let apiserver = std::fs::read_to_string(node_path(
-        &cp,
-        "/etc/kubernetes/manifests/kube-apiserver.yaml",
-    ))
-    .unwrap();
-    assert!(apiserver.contains("api.example"));
+    let serving =
+        std::fs::read_to_string(node_path(&cp, "/etc/kubernetes/pki/apiserver.crt")).unwrap();
+    assert!(kubesim::pki::sans_of_pem(&serving).contains(&"api.example".to_string()));
 
     let join_cfg = |name: &str, control_plane: bool| {
         let path = c.dir.path().join(format!("join-{name}.yaml"));
@@ -414,6 +481,6 @@ fn secrets_can_come_from_a_config_file_instead_of_arguments() {
     let cfg = join_cfg("cp-1", true);
     ok(&c.kubeadm(&cp1, &["join", "--config", cfg.to_str().unwrap()]));
     assert!(node_path(&cp1, "/etc/kubernetes/admin.conf").is_file());
-    let state = std::fs::read_to_string(c.dir.path().join("cluster/cluster.json")).unwrap();
-    assert!(state.contains("\"w-0\"") && state.contains("\"cp-1\""));
+    let names: Vec<String> = c.state().nodes.into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["cp-0", "w-0", "cp-1"]);
 }
