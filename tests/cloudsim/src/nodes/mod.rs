@@ -349,12 +349,14 @@ impl ProcessRunner {
     }
 
     fn send(&self, vm_id: &str, op: Op, action: &'static str) -> Result<(), NodeError> {
+        // Checked under the lock `shutdown` drains the workers with, so no worker can appear
+        // after the drain.
+        let mut actors = lock(&self.shared.actors);
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(NodeError::ShutDown {
                 vm_id: vm_id.to_owned(),
             });
         }
-        let mut actors = lock(&self.shared.actors);
         let destroy = matches!(op, Op::Destroy);
         if !actors.contains_key(vm_id) {
             let actor =
@@ -432,10 +434,13 @@ impl NodeRunner for ProcessRunner {
     }
 
     fn shutdown(&self) {
-        if self.shared.closed.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let actors: Vec<Actor> = lock(&self.shared.actors).drain().map(|(_, a)| a).collect();
+        let actors: Vec<Actor> = {
+            let mut actors = lock(&self.shared.actors);
+            if self.shared.closed.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            actors.drain().map(|(_, a)| a).collect()
+        };
         for actor in &actors {
             let _ = actor.tx.send(Op::Shutdown);
         }
