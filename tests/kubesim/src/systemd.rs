@@ -474,7 +474,8 @@ impl Systemctl {
                 );
             };
             let link = self.wants_link(unit);
-            if !link.exists() {
+            // The link points at a node path, so it dangles on the host: look at the link.
+            if link.symlink_metadata().is_err() {
                 if let Some(dir) = link.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
@@ -538,7 +539,8 @@ impl Systemctl {
                 format!("Failed to get unit file state for {unit}: No such file or directory\n"),
             );
         }
-        let enabled = managed(unit) == Some(Managed::Containerd) || self.wants_link(unit).exists();
+        let enabled = managed(unit) == Some(Managed::Containerd)
+            || self.wants_link(unit).symlink_metadata().is_ok();
         Outcome {
             code: if enabled { 0 } else { 1 },
             stdout: if quiet {
