@@ -19,6 +19,7 @@ declare -A NEED=(
   [losetup]=mount
   [x86_64-linux-musl-gcc]=musl-tools  # the static cks-agent for the QEMU harness (make agent-static)
   [ip]=iproute2  # cloudsim's node network namespaces, bridges and veths
+  [kubectl]=kubernetes-client  # drives kubesim's API server; only when no kubectl is installed
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
