@@ -34,10 +34,12 @@
 //!   (a `hadris-iso` rule; Linux names stop at 255 bytes anyway).
 //! * Reads are streamed in [`READ_CHUNK`]-sized positional reads; nothing is loaded whole. The
 //!   image is shared behind a mutex, so readers of one [`IsoBundle`] take turns per chunk.
+//!   Files can seek ([`BundleSource::open_seekable`]), so a reader skips what it does not need
+//!   (the image archive members an upgrade already has) without reading it.
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -47,7 +49,7 @@ use hadris_iso::sync::IsoFs;
 use hadris_iso::{CacheOptions, IsoId, Namespace};
 use hadris_storage::host::FileDevice;
 
-use crate::verify::{BundleSource, SourceFile};
+use crate::verify::{BundleSource, ReadSeek, SourceFile};
 
 /// Size of one read from the image: a reader asks the image for this much at a time, whatever
 /// the size of its caller's reads (1 MiB).
@@ -223,6 +225,10 @@ impl BundleSource for IsoBundle {
     fn open<'a>(&'a self, path: &str) -> io::Result<Box<dyn Read + 'a>> {
         Ok(Box::new(self.open_file(path)?))
     }
+
+    fn open_seekable<'a>(&'a self, path: &str) -> io::Result<Box<dyn ReadSeek + 'a>> {
+        Ok(Box::new(self.open_file(path)?))
+    }
 }
 
 /// A file of an [`IsoBundle`] open for sequential reading.
@@ -261,6 +267,21 @@ impl Read for IsoFile {
     }
 }
 
+/// Seeking moves the file position without reading: a relative seek that stays inside the
+/// chunk already read keeps it; any other drops it and the next read fetches a new chunk there.
+impl Seek for IsoFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let wrap = |e| IsoError::wrap(format!("seek in {} in ISO image", self.path), &self.iso, e);
+        match pos {
+            SeekFrom::Current(delta) => {
+                self.inner.seek_relative(delta).map_err(wrap)?;
+                self.inner.stream_position().map_err(wrap)
+            }
+            other => self.inner.seek(other).map_err(wrap),
+        }
+    }
+}
+
 /// The `hadris-fs` file handle as a `std::io::Read`: one `read` of the image per call, which
 /// stops at the end of an extent (a multi-extent file's reads are short there, which
 /// `BufReader` and every `Read` user handle).
@@ -269,6 +290,12 @@ struct Chunked(FsFile<Fs>);
 impl Read for Chunked {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Ok(self.0.read(buf)?)
+    }
+}
+
+impl Seek for Chunked {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        Seek::seek(&mut self.0, pos)
     }
 }
 

@@ -280,6 +280,34 @@ fn reads_of_any_size_see_the_same_bytes() {
 }
 
 #[test]
+fn seeks_land_where_a_file_would() {
+    use std::io::{Seek, SeekFrom};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    let content = pattern(3 * (1 << 20) + 12_345, 9);
+    write(&src, "big.bin", &content, 0o644);
+    let iso_path = tmp.path().join("x.iso");
+    make_iso(&src, &iso_path, &[]);
+    let iso = IsoBundle::open(&iso_path).expect("open");
+    let mut reader = iso.open_seekable("big.bin").expect("open");
+    let mut buf = [0u8; 100];
+    // Inside the chunk already read, across chunks, backwards, from the start and the end.
+    for (seek, at) in [
+        (SeekFrom::Start(10), 10usize),
+        (SeekFrom::Current(1000), 1110),
+        (SeekFrom::Current((2 << 20) + 17), 1210 + (2 << 20) + 17),
+        (SeekFrom::Current(-5000), 1310 + (2 << 20) + 17 - 5000),
+        (SeekFrom::Start(3), 3),
+        (SeekFrom::End(-100), content.len() - 100),
+    ] {
+        assert_eq!(reader.seek(seek).expect("seek"), at as u64, "{seek:?}");
+        reader.read_exact(&mut buf).expect("read");
+        assert!(buf[..] == content[at..at + 100], "bytes after {seek:?}");
+    }
+    assert_eq!(reader.read(&mut buf).expect("eof"), 0);
+}
+
+#[test]
 fn a_bundle_moves_to_another_thread() {
     let (_tmp, src, iso_path) = build(&[]);
     let iso = IsoBundle::open(&iso_path).expect("open");
