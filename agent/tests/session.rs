@@ -1,10 +1,19 @@
 //! `cks-agent run` against the controller's real agent hub (contract 2), as separate processes:
 //! enrollment with a pinned CA, init and join driven by commands, a stream cut in the middle
 //! of a command, an agent killed in the middle of its install and restarted, a corrupt bundle,
-//! a refused token and a wrong CA fingerprint.
+//! a refused token and a wrong CA fingerprint; and, on the cluster the agents form, the CNI and
+//! dashboard applied, nodes read, a worker drained and uncordoned, an upgrade to a new bundle
+//! and a node deleted.
 //!
-//! kubeadm is the stand-in from tests/kubesim (through a wrapper that logs its arguments);
-//! `ctr` and `systemctl` are small scripts that log what they are asked to do.
+//! The nodes run what a real node runs, with kubesim's stand-ins where Kubernetes cannot run
+//! here: the bundle's `k8s/kubeadm` and `k8s/kubelet` are wrappers around the kubesim binaries
+//! (at the bundle's version), `k8s/kubectl` runs the real kubectl, `systemctl` is kubesim's
+//! (given with `--systemctl` and first in `PATH`, where kubeadm finds it), so `kubeadm init`
+//! starts the kubelet, which runs the API server on the node's own 127.x.y.z address, and every
+//! kubectl command of the agent goes over HTTPS to it. kubeadm is called through a wrapper that
+//! logs its arguments (to check that no secret is in them and that nothing runs twice); `ctr`
+//! is a script. Each node's processes live in process groups that are killed when the test
+//! ends, also when it fails. Build the stand-ins first: `cargo build -p kubesim`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,8 +22,10 @@ mod common;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,15 +34,15 @@ use cks_controller::pki::{AgentCa, NodeIdentity};
 use cks_proto::agent::command::Kind;
 use cks_proto::agent::command_result::Payload;
 use cks_proto::agent::{
-    Command, CreateJoinMaterial, FetchKubeconfig, InitControlPlane, JoinWorker, NodeRole,
-    StepStatus,
+    ApplyManifests, Command, CreateJoinMaterial, DeleteNode, Drain, FetchKubeconfig, GetNodes,
+    InitControlPlane, JoinWorker, KubeNode, NodeRole, StepStatus, Uncordon, Upgrade,
 };
 use common::bundle::{TestBundle, host_arch};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 const CLUSTER: &str = "cluster-1";
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(90);
 const BOOTSTRAP_TOKEN: &str = "abcdef.0123456789abcdef";
 const CERT_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -146,24 +157,52 @@ impl CutProxy {
 
 // === the node side ===
 
-/// A node: root dir, stand-in programs, and the agent process.
-struct Node {
-    name: String,
-    dir: PathBuf,
-    root: PathBuf,
-    bundle: PathBuf,
-    child: Option<Child>,
+/// The kubesim binaries, built beside this test.
+fn kubesim_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    for program in [
+        "kubeadm",
+        "kubelet",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "systemctl",
+    ] {
+        assert!(
+            dir.join(program).is_file(),
+            "{} not found: build the stand-ins with `cargo build -p kubesim` (make test does)",
+            dir.join(program).display()
+        );
+    }
+    dir
 }
 
-fn kubesim_kubeadm() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join("kubeadm");
-    assert!(
-        path.is_file(),
-        "{} not found: build it with `cargo build -p kubesim` (make test does)",
-        path.display()
-    );
-    path
+/// A 127.x.y.0/24 of this test's own, so that tests running at once never share an address.
+fn subnet() -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        .wrapping_mul(7)
+        .wrapping_add(SEQ.fetch_add(1, Ordering::Relaxed) * 7919)
+        .wrapping_add(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()),
+        );
+    format!("127.{}.{}", 1 + seed % 250, 1 + (seed / 250) % 250)
+}
+
+/// A node: root dir, the kubeadm wrapper, `ctr`, and the agent process.
+struct Node {
+    name: String,
+    ip: String,
+    dir: PathBuf,
+    root: PathBuf,
+    cluster: PathBuf,
+    bundle: PathBuf,
+    child: Option<Child>,
+    /// Process groups of every agent started (the kubelet and its static pods live in the
+    /// group of the agent that started them).
+    groups: Vec<u32>,
 }
 
 fn script(path: &Path, body: &str) {
@@ -172,21 +211,24 @@ fn script(path: &Path, body: &str) {
 }
 
 impl Node {
-    /// Prepares a node under `base/<name>`, with stand-ins that log to `<name>/*.log` and
-    /// sleep while `<name>/slow-<program>` exists.
-    fn new(base: &Path, name: &str, bundle: &Path) -> Node {
+    /// Prepares a node under `base/<name>` at address `ip`; kubeadm calls are logged to
+    /// `<name>/kubeadm.log` and wait while `<name>/slow-kubeadm` exists (likewise `ctr`).
+    fn new(base: &Path, name: &str, ip: String, bundle: &Path) -> Node {
         let dir = base.join(name);
         let root = dir.join("root");
         std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(dir.join("path")).unwrap();
+        std::fs::create_dir_all(dir.join("home")).unwrap();
+        std::os::unix::fs::symlink(kubesim_bin().join("systemctl"), dir.join("path/systemctl"))
+            .unwrap();
         let d = dir.display();
+        // The installed kubeadm (the bundle's wrapper), with its arguments logged.
         script(
             &dir.join("kubeadm"),
             &format!(
                 "echo \"$@\" >> '{d}/kubeadm.log'\nwhile [ -e '{d}/slow-kubeadm' ]; do sleep 0.1; done\n\
-                 KUBESIM_ROOT='{}' KUBESIM_CLUSTER='{}' exec '{}' \"$@\"\n",
-                root.display(),
-                base.join("cluster").display(),
-                kubesim_kubeadm().display()
+                 exec '{}' \"$@\"\n",
+                root.join("opt/bin/kubeadm").display()
             ),
         );
         script(
@@ -197,16 +239,15 @@ impl Node {
                  *) exit 2 ;;\nesac\n"
             ),
         );
-        script(
-            &dir.join("systemctl"),
-            &format!("echo \"$@\" >> '{d}/systemctl.log'\n"),
-        );
         Node {
             name: name.into(),
+            ip,
             dir,
             root,
+            cluster: base.join("cluster"),
             bundle: bundle.to_path_buf(),
             child: None,
+            groups: Vec::new(),
         }
     }
 
@@ -229,6 +270,11 @@ impl Node {
             .append(true)
             .open(self.dir.join("agent.log"))
             .unwrap();
+        let path = format!(
+            "{}:{}",
+            self.dir.join("path").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let child = Process::new(env!("CARGO_BIN_EXE_cks-agent"))
             .arg("run")
             .arg("--root")
@@ -240,25 +286,47 @@ impl Node {
             .arg("--ctr")
             .arg(self.dir.join("ctr"))
             .arg("--systemctl")
-            .arg(self.dir.join("systemctl"))
+            .arg(self.dir.join("path/systemctl"))
             .arg("--containerd-socket")
             .arg(self.dir.join("containerd.sock"))
             .env("RUST_LOG", "info,cks_agent=debug")
             .env("NO_COLOR", "1")
+            .env("KUBESIM_ROOT", &self.root)
+            .env("KUBESIM_CLUSTER", &self.cluster)
+            .env("KUBESIM_BIN", kubesim_bin())
+            .env("KUBESIM_ADVERTISE_ADDRESS", &self.ip)
+            .env("PATH", path)
+            .env("HOME", self.dir.join("home"))
+            .env_remove("KUBECONFIG")
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
+        self.groups.push(child.id());
         self.child = Some(child);
     }
 
-    /// SIGKILL, as a power cut would.
+    /// SIGKILL to the agent alone, as a crash would (the kubelet it started, a service of its
+    /// own, runs on).
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGKILL to every process of the node, as a power cut would: the agent and whatever it
+    /// was running (an image import, kubeadm), the kubelet and its static pods.
+    fn power_cut(&mut self) {
+        for group in &self.groups {
+            let _ = Process::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        self.kill();
     }
 
     fn wait_exit(&mut self) -> Option<i32> {
@@ -273,12 +341,41 @@ impl Node {
         None
     }
 
+    /// A log: the agent's and the kubeadm wrapper's in the node dir; systemctl's and the
+    /// kubelet's where the stand-ins write them on the node.
     fn log(&self, program: &str) -> String {
+        let path = match program {
+            "systemctl" | "kubelet" => self.root.join(format!("var/log/kubesim/{program}.log")),
+            _ => self.dir.join(format!("{program}.log")),
+        };
         let mut text = String::new();
-        if let Ok(mut file) = std::fs::File::open(self.dir.join(format!("{program}.log"))) {
+        if let Ok(mut file) = std::fs::File::open(path) {
             file.read_to_string(&mut text).unwrap();
         }
         text
+    }
+
+    /// Every log file of the node (agent, kubeadm arguments, systemctl, kubelet, static pods).
+    fn all_logs(&self) -> Vec<(PathBuf, String)> {
+        fn walk(dir: &Path, found: &mut Vec<(PathBuf, String)>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                if path.is_dir() && !path.is_symlink() {
+                    walk(&path, found);
+                } else if path.extension().is_some_and(|e| e == "log") {
+                    found.push((
+                        path.clone(),
+                        std::fs::read_to_string(&path).unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(&self.dir, &mut found);
+        found
     }
 
     fn count(&self, program: &str, needle: &str) -> usize {
@@ -296,41 +393,81 @@ impl Node {
             let _ = std::fs::remove_file(flag);
         }
     }
+
+    /// The real kubectl with this (control-plane) node's admin kubeconfig.
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = Process::new("kubectl")
+            .arg(format!(
+                "--kubeconfig={}",
+                self.root.join("etc/kubernetes/admin.conf").display()
+            ))
+            .args(args)
+            .env("HOME", self.dir.join("home"))
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.kill();
+        // The kubelet and the static pods it runs stay in their agent's process group.
+        self.power_cut();
         if std::thread::panicking() {
             eprintln!("--- agent log of {} ---\n{}", self.name, self.log("agent"));
+            for (path, text) in self.all_logs() {
+                if !path.ends_with("agent.log") {
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    eprintln!("--- {} ---", path.display());
+                    for line in tail.iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
         }
     }
 }
 
-fn init_command(node: &str) -> Kind {
+fn init_command(node: &Node) -> Kind {
     Kind::InitControlPlane(InitControlPlane {
-        control_plane_endpoint: "127.0.0.1:6443".into(),
-        certificate_sans: vec!["127.0.0.1".into()],
+        control_plane_endpoint: format!("{}:6443", node.ip),
+        certificate_sans: vec![node.ip.clone()],
         pod_cidr: "10.244.0.0/16".into(),
         service_cidr: "10.96.0.0/12".into(),
         bootstrap_token: BOOTSTRAP_TOKEN.into(),
         token_ttl_seconds: 600,
         certificate_key: CERT_KEY.into(),
-        node_name: node.into(),
+        node_name: node.name.clone(),
     })
 }
 
+/// No secret in the agent's log, kubeadm's arguments, or any other log of the node.
+#[track_caller]
 fn assert_no_secret(node: &Node, secrets: &[&str]) {
-    let log = node.log("agent");
-    for secret in secrets {
+    assert!(
+        !node.log("kubeadm").is_empty(),
+        "kubeadm was not run on {}",
+        node.name
+    );
+    for (path, text) in node.all_logs() {
+        for secret in secrets {
+            assert!(
+                !text.contains(secret),
+                "a secret leaked into {}",
+                path.display()
+            );
+        }
         assert!(
-            !log.contains(secret),
-            "secret leaked into {}'s agent log",
-            node.name
-        );
-        assert!(
-            !node.log("kubeadm").contains(secret),
-            "secret in kubeadm arguments"
+            !text.contains("PRIVATE KEY") && !text.contains("client-key-data"),
+            "a key leaked into {}",
+            path.display()
         );
     }
 }
@@ -342,13 +479,14 @@ async fn two_agents_enroll_init_join_and_survive_a_cut_stream() {
     let controller = Controller::start().await;
     let proxy = CutProxy::start(controller.addr).await;
     let base = tempfile::tempdir().unwrap();
-    let bundle = TestBundle::new(host_arch(), "1.33.1");
+    let bundle = TestBundle::kubesim(host_arch(), "1.33.1");
     let fingerprint = controller.hub.ca().fingerprint();
+    let net = subnet();
 
-    let mut cp = Node::new(base.path(), "cp-1", &bundle.tree);
+    let mut cp = Node::new(base.path(), "cp-1", format!("{net}.1"), &bundle.tree);
     let cp_token = controller.token("cp-1", NodeRole::FirstControl);
     cp.write_config(&[proxy.addr], &fingerprint, &cp_token);
-    let mut worker = Node::new(base.path(), "worker-1", &bundle.tree);
+    let mut worker = Node::new(base.path(), "worker-1", format!("{net}.2"), &bundle.tree);
     let worker_token = controller.token("worker-1", NodeRole::Worker);
     worker.write_config(&[proxy.addr], &fingerprint, &worker_token);
     cp.start();
@@ -380,6 +518,7 @@ async fn two_agents_enroll_init_join_and_survive_a_cut_stream() {
     // Init, with the stream cut while kubeadm runs: the result still arrives, kubeadm ran once.
     cp.slow("kubeadm", true);
     let hub_cp = controller.hub.clone();
+    let init_kind = init_command(&cp);
     let init = tokio::spawn(async move {
         hub_cp
             .send_command(
@@ -387,7 +526,7 @@ async fn two_agents_enroll_init_join_and_survive_a_cut_stream() {
                 Command {
                     command_id: "init-1".into(),
                     timeout_seconds: 60,
-                    kind: Some(init_command("cp-1")),
+                    kind: Some(init_kind),
                 },
                 WAIT,
             )
@@ -419,10 +558,13 @@ async fn two_agents_enroll_init_join_and_survive_a_cut_stream() {
 
     // The same command id again: answered from the journal, not run again.
     controller
-        .send("cp-1", "init-1", init_command("cp-1"))
+        .send("cp-1", "init-1", init_command(&cp))
         .await
         .unwrap();
     assert_eq!(cp.count("kubeadm", "init"), 1);
+    // kubeadm started the kubelet, which runs the API server: the real kubectl reaches it.
+    assert!(cp.log("systemctl").contains("systemctl restart kubelet"));
+    assert!(cp.kubectl(&["version"]).contains("Server Version: v1.33.1"));
 
     // Fresh join material on the control plane, then the worker joins with it.
     let material = match controller
@@ -502,14 +644,196 @@ async fn two_agents_enroll_init_join_and_survive_a_cut_stream() {
     let (id, kind) = join("join-2");
     controller.send("worker-1", id, kind).await.unwrap();
     assert_eq!(worker.count("kubeadm", "join"), 1, "kubeadm join ran twice");
+
+    // === the cluster, through the agent's kubectl ===
+    // The bundle's CNI and dashboard; applying again (a retried step) changes nothing; with
+    // the CNI, both nodes become Ready.
+    let apply = || {
+        Kind::ApplyManifests(ApplyManifests {
+            bundle_files: vec!["network.yaml".into(), "dashboard.yaml".into()],
+            inline: vec![],
+        })
+    };
+    controller.send("cp-1", "apply-1", apply()).await.unwrap();
+    controller.send("cp-1", "apply-2", apply()).await.unwrap();
+    let nodes = wait_nodes(&controller, "cp-1", "both nodes Ready", |nodes| {
+        nodes.len() == 2 && nodes.iter().all(|n| n.ready)
+    })
+    .await;
+    let cp_node = nodes.iter().find(|n| n.name == "cp-1").unwrap();
+    assert_eq!(cp_node.roles, vec!["control-plane".to_string()]);
+    assert!(nodes.iter().all(|n| n.kubelet_version == "v1.33.1"));
+    // The dashboard runs on the worker (the control plane is tainted).
+    let dashboard_on = |node: &Node, host: &str| -> usize {
+        let pods: serde_json::Value = serde_json::from_str(&node.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "kubernetes-dashboard",
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == host && p["status"]["phase"] == "Running")
+            .count()
+    };
+    wait_until("the dashboard running on the worker", || {
+        dashboard_on(&cp, "worker-1") == 2
+    })
+    .await;
+
+    // Drain the worker: cordoned, the dashboard evicted; then uncordon it.
+    controller
+        .send(
+            "cp-1",
+            "drain-1",
+            Kind::Drain(Drain {
+                node_name: "worker-1".into(),
+                grace_seconds: 1,
+            }),
+        )
+        .await
+        .unwrap();
+    let unschedulable = |node: &Node| {
+        let json: serde_json::Value =
+            serde_json::from_str(&node.kubectl(&["get", "node", "worker-1", "-o", "json"]))
+                .unwrap();
+        json["spec"]["unschedulable"] == true
+    };
+    assert!(unschedulable(&cp));
+    assert_eq!(
+        dashboard_on(&cp, "worker-1"),
+        0,
+        "drain evicted the dashboard"
+    );
+    controller
+        .send(
+            "cp-1",
+            "uncordon-1",
+            Kind::Uncordon(Uncordon {
+                node_name: "worker-1".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(!unschedulable(&cp));
+    wait_until("the dashboard back on the worker", || {
+        dashboard_on(&cp, "worker-1") == 2
+    })
+    .await;
+
+    // Upgrade to a new bundle, the control plane first: the API server and every kubelet run
+    // the new version.
+    bundle.replace_with_kubesim(host_arch(), "1.34.0");
+    let upgrade = |first: bool| {
+        Kind::Upgrade(Upgrade {
+            target_version: "v1.34.0".into(),
+            first_control_plane: first,
+        })
+    };
+    match controller
+        .send("cp-1", "upgrade-1", upgrade(true))
+        .await
+        .unwrap()
+    {
+        Some(Payload::Upgrade(report)) => assert_eq!(report.kubelet_version, "v1.34.0"),
+        other => panic!("no upgrade report: {other:?}"),
+    }
+    assert!(cp.kubectl(&["version"]).contains("Server Version: v1.34.0"));
+    controller
+        .send("worker-1", "upgrade-2", upgrade(false))
+        .await
+        .unwrap();
+    wait_nodes(&controller, "cp-1", "every kubelet at v1.34.0", |nodes| {
+        nodes.len() == 2
+            && nodes
+                .iter()
+                .all(|n| n.ready && n.kubelet_version == "v1.34.0")
+    })
+    .await;
+    assert_eq!(cp.count("kubeadm", "upgrade apply v1.34.0"), 1);
+    assert_eq!(worker.count("kubeadm", "upgrade node"), 1);
+    assert!(
+        worker
+            .log("systemctl")
+            .contains("systemctl restart kubelet")
+    );
+
+    // The worker's Node is deleted.
+    controller
+        .send(
+            "cp-1",
+            "delete-1",
+            Kind::DeleteNode(DeleteNode {
+                node_name: "worker-1".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    wait_nodes(&controller, "cp-1", "the worker's Node gone", |nodes| {
+        nodes.iter().all(|n| n.name != "worker-1")
+    })
+    .await;
+
+    // Still no secret anywhere, after every command.
+    assert_no_secret(
+        &cp,
+        &[&cp_token, BOOTSTRAP_TOKEN, CERT_KEY, &material.token],
+    );
+    assert_no_secret(&worker, &[&worker_token, &material.token]);
+}
+
+/// Polls `check` (blocking, briefly) every 200 ms until it holds; fails after [`WAIT`].
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !tokio::task::block_in_place(&mut check) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends `GetNodes` (a fresh command id each time) until `check` holds; fails after [`WAIT`].
+async fn wait_nodes(
+    controller: &Controller,
+    node: &str,
+    what: &str,
+    check: impl Fn(&[KubeNode]) -> bool,
+) -> Vec<KubeNode> {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let id = format!("nodes-{}", SEQ.fetch_add(1, Ordering::Relaxed));
+        let nodes = match controller
+            .send(node, &id, Kind::GetNodes(GetNodes {}))
+            .await
+        {
+            Ok(Some(Payload::Nodes(status))) => status.nodes,
+            other => panic!("GetNodes failed: {other:?}"),
+        };
+        if check(&nodes) {
+            return nodes;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_mid_install_resumes_and_commands_wait_for_the_install() {
     let controller = Controller::start().await;
     let base = tempfile::tempdir().unwrap();
-    let bundle = TestBundle::new(host_arch(), "1.33.1");
-    let mut node = Node::new(base.path(), "cp-1", &bundle.tree);
+    let bundle = TestBundle::kubesim(host_arch(), "1.33.1");
+    let mut node = Node::new(base.path(), "cp-1", format!("{}.1", subnet()), &bundle.tree);
     let token = controller.token("cp-1", NodeRole::FirstControl);
     node.write_config(
         &[controller.addr],
@@ -518,19 +842,17 @@ async fn an_agent_killed_mid_install_resumes_and_commands_wait_for_the_install()
     );
     node.slow("ctr", true);
     node.start();
-    // The binaries are installed; the image import hangs: kill the agent there.
+    // The binaries are installed; the image import hangs: the power goes there.
     controller
         .wait_step("cp-1", "install.binaries", StepStatus::Done)
         .await;
-    node.kill();
+    node.power_cut();
     assert!(node.root.join("opt/bin/kubeadm").exists());
     assert_eq!(node.log("ctr"), "");
     node.slow("ctr", false);
     node.start();
     // A command sent now waits for the install to finish, then runs.
-    let result = controller
-        .send("cp-1", "init-1", init_command("cp-1"))
-        .await;
+    let result = controller.send("cp-1", "init-1", init_command(&node)).await;
     result.unwrap();
     assert_eq!(node.count("ctr", "import"), 1);
     let log = node.log("agent");
@@ -548,12 +870,12 @@ async fn an_agent_killed_mid_install_resumes_and_commands_wait_for_the_install()
 async fn a_corrupt_bundle_is_refused_reported_and_nothing_is_installed() {
     let controller = Controller::start().await;
     let base = tempfile::tempdir().unwrap();
-    let bundle = TestBundle::new(host_arch(), "1.33.1");
+    let bundle = TestBundle::kubesim(host_arch(), "1.33.1");
     let kubelet = bundle.tree.join("k8s/kubelet");
     let mut bytes = std::fs::read(&kubelet).unwrap();
     bytes[0] ^= 0xff;
     std::fs::write(&kubelet, bytes).unwrap();
-    let mut node = Node::new(base.path(), "cp-1", &bundle.tree);
+    let mut node = Node::new(base.path(), "cp-1", format!("{}.1", subnet()), &bundle.tree);
     let token = controller.token("cp-1", NodeRole::FirstControl);
     node.write_config(
         &[controller.addr],
@@ -574,7 +896,7 @@ async fn a_corrupt_bundle_is_refused_reported_and_nothing_is_installed() {
     assert!(step.detail.contains("k8s/kubelet"), "{}", step.detail);
     assert!(!node.root.join("opt").exists(), "something was installed");
     let err = controller
-        .send("cp-1", "init-1", init_command("cp-1"))
+        .send("cp-1", "init-1", init_command(&node))
         .await
         .unwrap_err();
     assert!(
@@ -588,9 +910,10 @@ async fn a_corrupt_bundle_is_refused_reported_and_nothing_is_installed() {
 async fn a_wrong_token_stops_the_agent_and_a_wrong_fingerprint_never_enrolls() {
     let controller = Controller::start().await;
     let base = tempfile::tempdir().unwrap();
-    let bundle = TestBundle::new(host_arch(), "1.33.1");
+    let bundle = TestBundle::kubesim(host_arch(), "1.33.1");
+    let net = subnet();
 
-    let mut refused = Node::new(base.path(), "cp-1", &bundle.tree);
+    let mut refused = Node::new(base.path(), "cp-1", format!("{net}.1"), &bundle.tree);
     refused.write_config(
         &[controller.addr],
         &controller.hub.ca().fingerprint(),
@@ -607,7 +930,7 @@ async fn a_wrong_token_stops_the_agent_and_a_wrong_fingerprint_never_enrolls() {
 
     // A token issued for another node is refused too, and burns nothing.
     let token = controller.token("worker-9", NodeRole::Worker);
-    let mut impostor = Node::new(base.path(), "worker-1", &bundle.tree);
+    let mut impostor = Node::new(base.path(), "worker-1", format!("{net}.2"), &bundle.tree);
     impostor.write_config(
         &[controller.addr],
         &controller.hub.ca().fingerprint(),
@@ -618,7 +941,7 @@ async fn a_wrong_token_stops_the_agent_and_a_wrong_fingerprint_never_enrolls() {
 
     // A controller whose CA does not match the pinned fingerprint is never talked to.
     let token = controller.token("worker-2", NodeRole::Worker);
-    let mut pinned = Node::new(base.path(), "worker-2", &bundle.tree);
+    let mut pinned = Node::new(base.path(), "worker-2", format!("{net}.3"), &bundle.tree);
     pinned.write_config(
         &[controller.addr],
         &format!("sha256:{}", "00".repeat(32)),

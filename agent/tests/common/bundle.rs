@@ -144,8 +144,119 @@ pub fn oci_archive(reference: &str, arch: Arch) -> (Vec<u8>, ImageEntry, Vec<Blo
     (archive, image, blobs)
 }
 
-/// Writes a bundle tree for `arch` with Kubernetes `version` into `dir`.
+/// What the bundle's Kubernetes binaries and manifests are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Scripts that print their name and version; one-line manifests.
+    Plain,
+    /// Bundle-style wrappers around the kubesim stand-ins (`k8s/kubeadm` and `k8s/kubelet` run
+    /// `$KUBESIM_BIN/<name>` at the bundle's version, `k8s/kubectl` the machine's kubectl), the
+    /// upstream kubelet unit and kubeadm drop-in, and manifests a real API server accepts: a
+    /// CNI DaemonSet (which makes kubesim's nodes Ready) and a dashboard with its namespace.
+    Kubesim,
+}
+
+/// The bundle's `k8s/<name>` for `flavor`.
+fn k8s_binary(flavor: Flavor, name: &str, version: &str) -> Vec<u8> {
+    match (flavor, name) {
+        (Flavor::Plain, _) => format!("#!/bin/sh\necho {name} v{version}\n").into_bytes(),
+        (Flavor::Kubesim, "kubectl") => format!(
+            "#!/bin/sh\n# kubectl v{version}: test stand-in\n[ -n \"$KUBESIM_BIN\" ] || {{ echo 'kubectl: KUBESIM_BIN is not set' >&2; exit 127; }}\nexec \"${{KUBESIM_KUBECTL:-/usr/bin/kubectl}}\" \"$@\"\n"
+        )
+        .into_bytes(),
+        (Flavor::Kubesim, _) => format!(
+            "#!/bin/sh\n# {name} v{version}: test stand-in\n[ -n \"$KUBESIM_BIN\" ] || {{ echo '{name}: KUBESIM_BIN is not set' >&2; exit 127; }}\nKUBESIM_VERSION=v{version}\nexport KUBESIM_VERSION\nexec \"$KUBESIM_BIN/{name}\" \"$@\"\n"
+        )
+        .into_bytes(),
+    }
+}
+
+/// A CNI for kubesim: its DaemonSet, tolerating every taint as Calico's does, is what makes
+/// kubesim's nodes Ready.
+const KUBESIM_NETWORK: &str = "apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: calico-node
+  namespace: kube-system
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: calico-node
+  namespace: kube-system
+spec:
+  selector:
+    matchLabels:
+      k8s-app: calico-node
+  template:
+    metadata:
+      labels:
+        k8s-app: calico-node
+    spec:
+      hostNetwork: true
+      serviceAccountName: calico-node
+      tolerations:
+        - operator: Exists
+      containers:
+        - name: calico-node
+          image: docker.io/calico/node:v3.29.1
+";
+
+/// A dashboard for kubesim: its namespace, a Deployment (pods to drain) and a Service.
+const KUBESIM_DASHBOARD: &str = "apiVersion: v1
+kind: Namespace
+metadata:
+  name: kubernetes-dashboard
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: kubernetes-dashboard
+  namespace: kubernetes-dashboard
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      k8s-app: kubernetes-dashboard
+  template:
+    metadata:
+      labels:
+        k8s-app: kubernetes-dashboard
+    spec:
+      containers:
+        - name: kubernetes-dashboard
+          image: kubernetesui/dashboard:v2.7.0
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: kubernetes-dashboard
+  namespace: kubernetes-dashboard
+spec:
+  ports:
+    - port: 443
+      targetPort: 8443
+  selector:
+    k8s-app: kubernetes-dashboard
+";
+
+/// The upstream kubeadm drop-in (`/usr/bin`, which installation rewrites).
+const KUBEADM_DROPIN: &str = "[Service]
+Environment=\"KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf\"
+Environment=\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml\"
+EnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env
+EnvironmentFile=-/etc/default/kubelet
+ExecStart=
+ExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS
+";
+
+/// Writes a bundle tree for `arch` with Kubernetes `version` into `dir` ([`Flavor::Plain`]).
 pub fn write_bundle(dir: &Path, arch: Arch, version: &str) {
+    write_bundle_flavored(dir, arch, version, Flavor::Plain);
+}
+
+/// Writes a bundle tree of `flavor` for `arch` with Kubernetes `version` into `dir`.
+pub fn write_bundle_flavored(dir: &Path, arch: Arch, version: &str, flavor: Flavor) {
     let a = arch.as_str();
     let cni = targz(&[
         ("./", b"", 0o755),
@@ -155,7 +266,19 @@ pub fn write_bundle(dir: &Path, arch: Arch, version: &str) {
     ]);
     let crictl = targz(&[("crictl", b"#!/bin/sh\necho crictl\n", 0o755)]);
     let (archive, image, blobs) = oci_archive(PAUSE, arch);
-    let binary = |name: &str| format!("#!/bin/sh\necho {name} v{version}\n").into_bytes();
+    let binary = |name: &str| k8s_binary(flavor, name, version);
+    let (network, dashboard, drop_in): (&[u8], &[u8], &[u8]) = match flavor {
+        Flavor::Plain => (
+            b"kind: List\n",
+            b"kind: List\n",
+            b"[Service]\nExecStart=\nExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS\n",
+        ),
+        Flavor::Kubesim => (
+            KUBESIM_NETWORK.as_bytes(),
+            KUBESIM_DASHBOARD.as_bytes(),
+            KUBEADM_DROPIN.as_bytes(),
+        ),
+    };
     let files: Vec<(String, Vec<u8>, u32, FileKind)> = vec![
         (
             "k8s/kubeadm".into(),
@@ -195,20 +318,19 @@ pub fn write_bundle(dir: &Path, arch: Arch, version: &str) {
         ),
         (
             "10-kubeadm.conf".into(),
-            b"[Service]\nExecStart=\nExecStart=/usr/bin/kubelet $KUBELET_KUBECONFIG_ARGS\n"
-                .to_vec(),
+            drop_in.to_vec(),
             0o644,
             FileKind::KubeadmDropIn,
         ),
         (
             "network.yaml".into(),
-            b"kind: List\n".to_vec(),
+            network.to_vec(),
             0o644,
             FileKind::KubernetesManifest,
         ),
         (
             "dashboard.yaml".into(),
-            b"kind: List\n".to_vec(),
+            dashboard.to_vec(),
             0o644,
             FileKind::KubernetesManifest,
         ),
@@ -256,15 +378,30 @@ pub struct TestBundle {
 
 impl TestBundle {
     pub fn new(arch: Arch, version: &str) -> TestBundle {
+        TestBundle::with_flavor(arch, version, Flavor::Plain)
+    }
+
+    /// A bundle whose Kubernetes binaries are the kubesim stand-ins ([`Flavor::Kubesim`]).
+    pub fn kubesim(arch: Arch, version: &str) -> TestBundle {
+        TestBundle::with_flavor(arch, version, Flavor::Kubesim)
+    }
+
+    fn with_flavor(arch: Arch, version: &str, flavor: Flavor) -> TestBundle {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = dir.path().join("tree");
-        write_bundle(&tree, arch, version);
+        write_bundle_flavored(&tree, arch, version, flavor);
         let iso = dir.path().join("bundle.iso");
         TestBundle {
             _dir: dir,
             tree,
             iso,
         }
+    }
+
+    /// Replaces the tree with the kubesim bundle of `version`, as attaching a new ISO does.
+    pub fn replace_with_kubesim(&self, arch: Arch, version: &str) {
+        std::fs::remove_dir_all(&self.tree).expect("remove the old bundle");
+        write_bundle_flavored(&self.tree, arch, version, Flavor::Kubesim);
     }
 
     /// Builds the ISO with xorriso; `None` (test skipped) when xorriso is missing.
