@@ -1,8 +1,9 @@
 //! Whole simulated nodes as processes, driven by the real kubectl over HTTPS: kubeadm init
 //! starts the kubelet through systemctl, the kubelet runs the API server and the controller
-//! manager from their static pod manifests, a worker joins, a CNI makes the nodes Ready,
-//! apply is idempotent, drain evicts, uncordon and delete work, node credentials are limited,
-//! and an upgrade restarts the control plane and the kubelet at the new version.
+//! manager from their static pod manifests, a worker and a second control plane join, a CNI
+//! makes the nodes Ready, apply is idempotent, watches work (wait, rollout status), drain
+//! evicts, uncordon and delete work, node credentials are limited, and an upgrade restarts the
+//! control plane and the kubelet at the new version.
 
 #![allow(clippy::unwrap_used)]
 
@@ -237,6 +238,48 @@ fn a_cluster_forms_and_kubectl_applies_drains_uncordons_and_deletes() {
     assert!(out.contains("This node has joined the cluster"), "{out}");
     assert_eq!(nodes(&sim, &admin).len(), 2);
 
+    // A second control plane joins with re-uploaded certificates; its own API server, on its
+    // own address, serves the same objects (the store stands in for etcd).
+    let uploaded = ok(&cp.kubeadm(&sim, &["init", "phase", "upload-certs", "--upload-certs"]));
+    let key = uploaded.lines().last().unwrap().trim().to_string();
+    let join = ok(&cp.kubeadm(
+        &sim,
+        &[
+            "token",
+            "create",
+            "--print-join-command",
+            "--certificate-key",
+            &key,
+        ],
+    ));
+    let cp2 = sim.node("cp-2", 3, "v1.33.1");
+    let mut args: Vec<&str> = join.split_whitespace().skip(1).collect();
+    args.extend([
+        "--node-name",
+        "cp-2",
+        "--apiserver-advertise-address",
+        &cp2.ip,
+    ]);
+    let out = ok(&cp2.kubeadm(&sim, &args));
+    assert!(
+        out.contains("a new control plane instance was created"),
+        "{out}"
+    );
+    let direct = sim.dir.path().join("cp-2.conf");
+    std::fs::write(
+        &direct,
+        std::fs::read_to_string(cp2.admin_conf()).unwrap().replace(
+            &format!("https://{}:6443", cp.ip),
+            &format!("https://{}:6443", cp2.ip),
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        nodes(&sim, &direct).len(),
+        3,
+        "cp-2's API server sees every node"
+    );
+
     // The CNI makes both nodes Ready; a second apply changes nothing.
     let manifest = sim.dir.path().join("manifest.yaml");
     std::fs::write(&manifest, MANIFEST).unwrap();
@@ -255,12 +298,41 @@ fn a_cluster_forms_and_kubectl_applies_drains_uncordons_and_deletes() {
     let again = ok(&sim.kubectl(&admin, &["apply", "-f", file]));
     assert_eq!(again.lines().count(), applied.lines().count());
     assert!(again.lines().all(|l| l.ends_with(" unchanged")), "{again}");
-    eventually(WAIT, "both nodes Ready", || {
-        nodes(&sim, &admin)
-            .iter()
-            .all(|n| ready(n) == "True")
-            .then_some(())
-    });
+    // kubectl wait and rollout status watch the API.
+    ok(&sim.kubectl(
+        &admin,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "node",
+            "--all",
+            "--timeout=60s",
+        ],
+    ));
+    assert!(nodes(&sim, &admin).iter().all(|n| ready(n) == "True"));
+    let rolled = ok(&sim.kubectl(
+        &admin,
+        &[
+            "rollout",
+            "status",
+            "deployment/kubernetes-dashboard",
+            "-n",
+            "kubernetes-dashboard",
+            "--timeout=60s",
+        ],
+    ));
+    assert!(rolled.contains("successfully rolled out"), "{rolled}");
+    ok(&sim.kubectl(
+        &admin,
+        &[
+            "rollout",
+            "status",
+            "daemonset/calico-node",
+            "-n",
+            "kube-system",
+            "--timeout=60s",
+        ],
+    ));
     let wide = ok(&sim.kubectl(&admin, &["get", "nodes", "-o", "wide"]));
     assert!(
         wide.contains(&worker.ip) && wide.contains("INTERNAL-IP"),

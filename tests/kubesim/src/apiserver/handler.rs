@@ -1246,11 +1246,7 @@ fn default_on_create(kind: &str, obj: &mut Value, objects: &Objects, service_net
             obj["status"] = json!({"phase": "Active"});
         }
         "Service" => default_service(obj, objects, service_network),
-        "Deployment" | "ReplicaSet" | "StatefulSet"
-            if obj.pointer("/spec/replicas").is_none_or(Value::is_null) =>
-        {
-            obj["spec"]["replicas"] = json!(1);
-        }
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => default_workload(kind, obj),
         "Pod" if obj.get("status").is_none() => {
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
         }
@@ -1290,6 +1286,43 @@ fn default_on_create(kind: &str, obj: &mut Value, objects: &Objects, service_net
                 ],
                 "storedVersions": stored,
             });
+        }
+        _ => {}
+    }
+}
+
+/// The defaults of the apps/v1 workloads (what `kubectl rollout status` looks at).
+fn default_workload(kind: &str, obj: &mut Value) {
+    let spec = &mut obj["spec"];
+    let mut default = |field: &str, value: Value| {
+        if spec.get(field).is_none_or(Value::is_null) {
+            spec[field] = value;
+        }
+    };
+    if kind != "DaemonSet" {
+        default("replicas", json!(1));
+    }
+    if kind != "ReplicaSet" {
+        default("revisionHistoryLimit", json!(10));
+    }
+    match kind {
+        "Deployment" => {
+            default("progressDeadlineSeconds", json!(600));
+            default(
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+            );
+        }
+        "DaemonSet" => default(
+            "updateStrategy",
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}),
+        ),
+        "StatefulSet" => {
+            default("podManagementPolicy", json!("OrderedReady"));
+            default(
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+            );
         }
         _ => {}
     }
