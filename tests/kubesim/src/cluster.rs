@@ -301,17 +301,20 @@ impl LockedCluster {
     /// # Errors
     /// [`ClusterError::Io`].
     pub fn open(dir: &Path) -> Result<LockedCluster, ClusterError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = dir.join(STATE_FILE);
         let io = |source| ClusterError::Io {
             path: path.clone(),
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
+        // Tokens and the certificate key are in it: readable by its owner only.
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .map_err(io)?;
         file.lock().map_err(io)?;

@@ -355,6 +355,11 @@ fn full(bytes: Vec<u8>) -> Body {
     Full::new(Bytes::from(bytes)).boxed()
 }
 
+/// Percent-decodes a path (`+` stays a plus).
+fn decode_path(path: &str) -> String {
+    decode(&path.replace('+', "%2B"))
+}
+
 /// Percent-decodes a query component (`+` is a space).
 fn decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -384,7 +389,7 @@ async fn respond(
     user: Option<User>,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().as_str().to_string();
-    let path = req.uri().path().to_string();
+    let path = decode_path(req.uri().path());
     let query: Vec<(String, String)> = req
         .uri()
         .query()
@@ -572,5 +577,9 @@ mod tests {
         assert_eq!(decode("spec.nodeName%3Dnode-1"), "spec.nodeName=node-1");
         assert_eq!(decode("a+b%2Cc"), "a b,c");
         assert_eq!(decode("100%"), "100%");
+        assert_eq!(
+            decode_path("/apis/x/v1/clusterroles/system%3Acoredns+x"),
+            "/apis/x/v1/clusterroles/system:coredns+x"
+        );
     }
 }

@@ -195,9 +195,11 @@ fn check_token_format(token: &str) -> Result<(), Failure> {
     if ok {
         Ok(())
     } else {
-        fail(format!(
-            "the bootstrap token \"{token}\" was not of the form \"\\\\A([a-z0-9]{{6}})\\\\.([a-z0-9]{{16}})\\\\z\""
-        ))
+        // kubeadm prints the token here; a malformed token may still be a secret, so it is not
+        // repeated.
+        fail(
+            "the bootstrap token was not of the form \"\\\\A([a-z0-9]{6})\\\\.([a-z0-9]{16})\\\\z\"",
+        )
     }
 }
 
