@@ -1,23 +1,44 @@
 //! Importing the bundle's images into containerd, and pointing containerd at the bundled pause
 //! image.
 //!
-//! Each image archive under `docker/` (an OCI layout tar whose `index.json` names its images with
-//! `io.containerd.image.name`) is streamed to `ctr -a SOCK -n k8s.io images import -`. An archive
-//! is skipped when every image it holds is already in containerd under its reference with the
-//! manifest digest the bundle lists, so a rerun or an upgrade bundle sharing images imports only
-//! what is new (and containerd's content store itself keeps blobs it already has once).
+//! # What is imported
+//!
+//! The import does work in proportion to what is new on the node ([`plan_import`], no I/O):
+//! * an image is imported when containerd has no image of that reference, has it pointing at
+//!   another manifest digest, or lacks one of its blobs (an earlier import that failed half-way);
+//!   every other image is left as it is;
+//! * for the images imported, the agent sends their manifests and configs and only the layers
+//!   containerd's content store (namespace `k8s.io`) lacks.
+//!
+//! [`prepare_import`] asks containerd ([`ImageStore::list_images`],
+//! [`ImageStore::content_digests`]), plans, then reads from the bundle's image archives just the
+//! blobs to send, hashing each against its digest
+//! ([`cks_proto::verify::verify_image_blobs`]) and seeking past the rest. It writes nothing, so
+//! the agent runs it before it changes anything: a corrupt blob that would be imported refuses
+//! the bundle with the node unchanged, a corrupt blob the node does not need does not matter.
+//! [`import_prepared`] then streams a generated OCI archive ([`archive`]) holding just those
+//! images and blobs to `ctr -a SOCK -n k8s.io images import -`, hashing each blob again on the
+//! way.
+//!
+//! Why blobs containerd has need no check here: its content store is addressed by digest, so a
+//! layer it lists under a digest is that layer.
 //!
 //! The side effects go through [`ImageStore`], implemented by [`CtrImageStore`] and, in tests, by
 //! a recording fake.
 
-use std::collections::BTreeMap;
+pub mod archive;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use cks_proto::manifest::{BundleManifest, FileKind, ImageEntry};
-use cks_proto::verify::{BundleSource, HashingReader};
-use tracing::info;
+use cks_proto::ids::Sha256Digest;
+use cks_proto::manifest::{BundleManifest, ImageEntry};
+use cks_proto::verify::{BundleSource, VerifiedBlobs, VerifyError, verify_image_blobs};
+use tracing::{info, warn};
+
+use crate::images::archive::{BlobChanged, ImportArchive};
 
 /// The containerd namespace Kubernetes' CRI uses.
 pub const K8S_NAMESPACE: &str = "k8s.io";
@@ -68,9 +89,9 @@ pub enum ImageStoreError {
 
 /// containerd's image store, as the agent needs it.
 ///
-/// It exists so that import decisions (what to skip, what to import, in which order) are tested
-/// without a containerd, and so that a containerd-client (gRPC) implementation can replace `ctr`
-/// without touching them.
+/// It exists so that import decisions (what to skip, what to import, which blobs to send) are
+/// tested without a containerd, and so that a containerd-client (gRPC) implementation can
+/// replace `ctr` without touching them.
 pub trait ImageStore {
     /// Images in the namespace.
     ///
@@ -83,6 +104,19 @@ pub trait ImageStore {
     /// # Errors
     /// [`ImageStoreError`] when the import fails.
     fn import(&self, name: &str, archive: &mut dyn Read) -> Result<(), ImageStoreError>;
+
+    /// Digests of the blobs in the namespace's content store, or `None` when this store cannot
+    /// tell (the default).
+    ///
+    /// Only an optimisation: without it every blob of the images to import is sent, and an
+    /// image is taken as present when its reference points at the right manifest.
+    ///
+    /// # Errors
+    /// [`ImageStoreError`] when containerd cannot be asked; the importer then proceeds as with
+    /// `None`.
+    fn content_digests(&self) -> Result<Option<BTreeSet<Sha256Digest>>, ImageStoreError> {
+        Ok(None)
+    }
 }
 
 /// [`ImageStore`] through the `ctr` command.
@@ -122,24 +156,39 @@ impl CtrImageStore {
             source,
         }
     }
-}
 
-impl ImageStore for CtrImageStore {
-    fn list_images(&self) -> Result<Vec<StoredImage>, ImageStoreError> {
+    /// Runs `ctr … <args>` with no input and returns its standard output.
+    fn output(&self, args: &[&str]) -> Result<String, ImageStoreError> {
         let output = self
             .command()
-            .args(["images", "ls"])
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .map_err(|e| self.spawn_error(e))?;
         if !output.status.success() {
             return Err(ImageStoreError::Failed {
-                operation: "images ls".to_string(),
+                operation: args.join(" "),
                 status: output.status.to_string(),
                 stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
             });
         }
-        Ok(parse_images_ls(&String::from_utf8_lossy(&output.stdout)))
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+impl ImageStore for CtrImageStore {
+    fn list_images(&self) -> Result<Vec<StoredImage>, ImageStoreError> {
+        Ok(parse_images_ls(&self.output(&["images", "ls"])?))
+    }
+
+    fn content_digests(&self) -> Result<Option<BTreeSet<Sha256Digest>>, ImageStoreError> {
+        let listed = self.output(&["content", "ls", "-q"])?;
+        Ok(Some(
+            listed
+                .lines()
+                .filter_map(|line| line.trim().parse::<Sha256Digest>().ok())
+                .collect(),
+        ))
     }
 
     fn import(&self, name: &str, archive: &mut dyn Read) -> Result<(), ImageStoreError> {
@@ -162,7 +211,7 @@ impl ImageStore for CtrImageStore {
                 Some(stdin) => io::copy(archive, stdin).map(drop),
                 None => Ok(()),
             };
-            drop(stdin.take()); // EOF for ctr.
+            drop(stdin.take()); // EOF for ctr (a truncated tar, if streaming failed).
             (
                 streamed,
                 out.join().unwrap_or_default(),
@@ -170,6 +219,17 @@ impl ImageStore for CtrImageStore {
             )
         });
         let status = child.wait().map_err(|e| self.spawn_error(e))?;
+        // A failure to produce the archive is the cause of ctr's failure, not the other way
+        // round; a broken pipe means ctr stopped reading: its own error says why.
+        let streamed = match streamed {
+            Err(source) if source.kind() != io::ErrorKind::BrokenPipe => {
+                return Err(ImageStoreError::Stream {
+                    archive: name.to_string(),
+                    source,
+                });
+            }
+            other => other,
+        };
         if !status.success() {
             return Err(ImageStoreError::Failed {
                 operation: format!("images import {name}"),
@@ -221,84 +281,232 @@ pub enum ImagesError {
     /// containerd could not be asked or refused.
     #[error("image store operation failed")]
     Store(#[from] ImageStoreError),
-    /// An archive is not what verification saw.
-    #[error("image archive {archive} changed after verification")]
+    /// A blob to import failed verification; nothing was imported.
+    #[error("image blobs failed verification; nothing was imported")]
+    Refused(#[source] VerifyError),
+    /// A blob is not what verification saw; containerd created no image.
+    #[error("image archive {archive} changed after verification; no image was created")]
     ContentChanged {
-        /// The archive.
+        /// The bundle's archive.
         archive: String,
-    },
-    /// An archive could not be read from the bundle.
-    #[error("failed to read {archive} from the bundle")]
-    Read {
-        /// The archive.
-        archive: String,
-        /// Why.
+        /// The blob that changed.
         #[source]
-        source: io::Error,
+        source: BlobChanged,
+    },
+    /// The store returned before reading the whole archive, so not every blob was checked.
+    #[error("the import of {name} ended before the whole archive was read")]
+    ImportIncomplete {
+        /// The import, as named to the store.
+        name: String,
     },
 }
 
-/// What [`import_images`] did.
+/// The import decided from the bundle's manifest and what containerd has (see the module
+/// documentation); made by [`plan_import`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImportReport {
-    /// Archives imported.
-    pub imported: Vec<String>,
-    /// Archives whose images were all present already.
-    pub skipped: Vec<String>,
+pub struct ImportPlan {
+    /// References of the images to import, sorted.
+    pub import: Vec<String>,
+    /// References containerd has already (same manifest, every blob present), sorted.
+    pub present: Vec<String>,
+    /// Blobs to read from the bundle and send besides the manifests: the configs of the images
+    /// to import, and their layers containerd lacks.
+    pub send: BTreeSet<Sha256Digest>,
+    /// Layers of the images to import that containerd has: neither read nor sent.
+    pub reused: BTreeSet<Sha256Digest>,
 }
 
-/// Imports every image archive of a verified bundle that containerd does not fully have.
+/// Decides what to import; see the module documentation. `content` is `None` when the store
+/// cannot list its blobs: then an image with the right manifest digest counts as present and
+/// every blob of the others is sent.
+pub fn plan_import(
+    manifest: &BundleManifest,
+    stored: &[StoredImage],
+    content: Option<&BTreeSet<Sha256Digest>>,
+) -> ImportPlan {
+    let targets: BTreeMap<&str, &str> = stored
+        .iter()
+        .map(|i| (i.reference.as_str(), i.digest.as_str()))
+        .collect();
+    let has = |digest: &Sha256Digest| content.is_some_and(|c| c.contains(digest));
+    let mut plan = ImportPlan::default();
+    for image in &manifest.images {
+        let same_manifest =
+            targets.get(image.reference.as_str()) == Some(&image.manifest_digest.oci().as_str());
+        let complete = content.is_none()
+            || std::iter::once(&image.manifest_digest)
+                .chain(image.blobs.iter())
+                .all(has);
+        if same_manifest && complete {
+            plan.present.push(image.reference.clone());
+            continue;
+        }
+        plan.import.push(image.reference.clone());
+        let (config, layers) = image
+            .blobs
+            .split_first()
+            .map_or((None, &[][..]), |(c, l)| (Some(c), l));
+        plan.send.extend(config.cloned());
+        for layer in layers {
+            if has(layer) {
+                plan.reused.insert(layer.clone());
+            } else {
+                plan.send.insert(layer.clone());
+            }
+        }
+    }
+    // A digest that is one image's config and another's present layer is sent anyway.
+    plan.reused.retain(|d| !plan.send.contains(d));
+    plan.import.sort();
+    plan.present.sort();
+    plan
+}
+
+/// An import planned and verified by [`prepare_import`], ready for [`import_prepared`].
+#[derive(Debug, Clone)]
+pub struct PreparedImport {
+    /// What to import.
+    pub plan: ImportPlan,
+    /// The images to import, as the bundle manifest lists them.
+    images: Vec<ImageEntry>,
+    /// Where their manifests and the blobs to send are, all verified.
+    blobs: VerifiedBlobs,
+}
+
+impl PreparedImport {
+    /// Bytes hashed while verifying the blobs to send.
+    pub fn bytes_checked(&self) -> u64 {
+        self.blobs.bytes_checked
+    }
+}
+
+/// Asks containerd what it has, plans the import and verifies every blob it will send (see
+/// the module documentation). Writes nothing.
 ///
 /// # Errors
-/// [`ImagesError`] on the first archive that fails; archives before it stay imported (a rerun
-/// skips them).
+/// [`ImagesError::Store`] when containerd cannot list its images, [`ImagesError::Refused`] when
+/// a blob to send is missing from the bundle or does not match its digest.
+pub fn prepare_import(
+    bundle: &dyn BundleSource,
+    manifest: &BundleManifest,
+    store: &dyn ImageStore,
+) -> Result<PreparedImport, ImagesError> {
+    let stored = store.list_images()?;
+    let content = match store.content_digests() {
+        Ok(content) => content,
+        Err(err) => {
+            warn!(
+                err = %crate::bundle::mount::ErrorChain(&err),
+                "cannot list containerd's content; every blob of the images to import is sent"
+            );
+            None
+        }
+    };
+    let plan = plan_import(manifest, &stored, content.as_ref());
+    let images: Vec<ImageEntry> = manifest
+        .images
+        .iter()
+        .filter(|i| plan.import.binary_search(&i.reference).is_ok())
+        .cloned()
+        .collect();
+    let blobs = if images.is_empty() {
+        VerifiedBlobs::default()
+    } else {
+        let refs: Vec<&ImageEntry> = images.iter().collect();
+        verify_image_blobs(bundle, manifest, &refs, &plan.send).map_err(ImagesError::Refused)?
+    };
+    Ok(PreparedImport {
+        plan,
+        images,
+        blobs,
+    })
+}
+
+/// What [`import_prepared`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// References imported now, sorted.
+    pub imported: Vec<String>,
+    /// References containerd had already, sorted.
+    pub skipped: Vec<String>,
+    /// Blobs streamed to containerd (manifests, configs, missing layers).
+    pub blobs_sent: usize,
+    /// Their bytes.
+    pub bytes_sent: u64,
+    /// Layers of the imported images that containerd had: not sent.
+    pub layers_reused: usize,
+}
+
+/// Streams the prepared import to containerd in one `images import`; does nothing when every
+/// image is present.
+///
+/// # Errors
+/// [`ImagesError::Store`] when ctr fails, [`ImagesError::ContentChanged`] when a blob no longer
+/// matches its digest (ctr then gets a truncated archive and creates no image),
+/// [`ImagesError::ImportIncomplete`] when the store stops reading early.
+pub fn import_prepared(
+    bundle: &dyn BundleSource,
+    prepared: &PreparedImport,
+    store: &dyn ImageStore,
+) -> Result<ImportReport, ImagesError> {
+    let plan = &prepared.plan;
+    let mut report = ImportReport {
+        skipped: plan.present.clone(),
+        layers_reused: plan.reused.len(),
+        ..ImportReport::default()
+    };
+    if prepared.images.is_empty() {
+        info!(
+            images = plan.present.len(),
+            "images already in containerd; skipping"
+        );
+        return Ok(report);
+    }
+    let archives: BTreeSet<&str> = prepared.images.iter().map(|i| i.archive.as_str()).collect();
+    let name = format!(
+        "{} of {} images from {}",
+        prepared.images.len(),
+        prepared.images.len() + plan.present.len(),
+        archives.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    info!(
+        import = %name,
+        blobs = prepared.blobs.locations.len(),
+        bytes = prepared.blobs.bytes_checked,
+        layers_reused = plan.reused.len(),
+        present = plan.present.len(),
+        "importing images"
+    );
+    let mut archive = ImportArchive::new(bundle, &prepared.images, &prepared.blobs.locations);
+    let imported = store.import(&name, &mut archive);
+    if let Some(changed) = archive.changed() {
+        return Err(ImagesError::ContentChanged {
+            archive: changed.archive.clone(),
+            source: changed.clone(),
+        });
+    }
+    imported?;
+    if !archive.is_complete() {
+        return Err(ImagesError::ImportIncomplete { name });
+    }
+    report.imported = plan.import.clone();
+    report.blobs_sent = archive.blobs_sent();
+    report.bytes_sent = archive.bytes_sent();
+    Ok(report)
+}
+
+/// [`prepare_import`] then [`import_prepared`]: imports what containerd lacks of a bundle whose
+/// files passed verification.
+///
+/// # Errors
+/// As the two.
 pub fn import_images(
     bundle: &dyn BundleSource,
     manifest: &BundleManifest,
     store: &dyn ImageStore,
 ) -> Result<ImportReport, ImagesError> {
-    let present: BTreeMap<String, String> = store
-        .list_images()?
-        .into_iter()
-        .map(|i| (i.reference, i.digest))
-        .collect();
-    let mut report = ImportReport::default();
-    for archive in manifest
-        .files
-        .iter()
-        .filter(|f| f.kind == FileKind::ImageArchive)
-    {
-        let images: Vec<&ImageEntry> = manifest
-            .images
-            .iter()
-            .filter(|i| i.archive == archive.path)
-            .collect();
-        let all_present = images
-            .iter()
-            .all(|image| present.get(&image.reference) == Some(&image.manifest_digest.oci()));
-        if all_present && !images.is_empty() {
-            info!(archive = %archive.path, images = images.len(), "images already in containerd; skipping");
-            report.skipped.push(archive.path.clone());
-            continue;
-        }
-        info!(archive = %archive.path, images = images.len(), bytes = archive.size, "importing images");
-        let reader = bundle
-            .open(&archive.path)
-            .map_err(|source| ImagesError::Read {
-                archive: archive.path.clone(),
-                source,
-            })?;
-        let mut checking = HashingReader::new(reader);
-        store.import(&archive.path, &mut checking)?;
-        let (size, digest) = checking.finish();
-        if size != archive.size || digest != archive.sha256 {
-            return Err(ImagesError::ContentChanged {
-                archive: archive.path.clone(),
-            });
-        }
-        report.imported.push(archive.path.clone());
-    }
-    Ok(report)
+    let prepared = prepare_import(bundle, manifest, store)?;
+    import_prepared(bundle, &prepared, store)
 }
 
 /// The bundle's pause image (repository name `pause`; the highest tag if there are several).
@@ -498,165 +706,289 @@ pub fn configure_registry(
 }
 
 #[cfg(test)]
+mod testing;
+
+#[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
-
-    use cks_proto::ids::{Arch, KubeVersion, Sha256Digest};
-    use cks_proto::manifest::{FileEntry, Platform, SCHEMA_VERSION};
-    use cks_proto::verify::DirBundle;
-
+    use super::testing::{ARCHIVE, Fixture, RecordingStore, base_layer};
     use super::*;
 
-    /// Records calls; holds a list of images; can be told to fail imports.
-    #[derive(Default)]
-    struct RecordingStore {
-        images: Vec<StoredImage>,
-        imports: RefCell<Vec<(String, usize)>>,
-        fail_import: bool,
+    const PAUSE: &str = "registry.k8s.io/pause:3.10";
+    const APISERVER: &str = "registry.k8s.io/kube-apiserver:v1.33.1";
+    const SCHEDULER: &str = "registry.k8s.io/kube-scheduler:v1.33.1";
+    const NEW_APISERVER: &str = "registry.k8s.io/kube-apiserver:v1.34.0";
+
+    /// v1: pause and two control-plane images on a shared base layer.
+    fn v1() -> Fixture {
+        let base = base_layer();
+        Fixture::new(&[
+            (PAUSE, ARCHIVE, &[b"pause layer"]),
+            (APISERVER, ARCHIVE, &[&base, b"apiserver v1.33.1"]),
+            (SCHEDULER, ARCHIVE, &[&base, b"scheduler v1.33.1"]),
+        ])
     }
 
-    impl ImageStore for RecordingStore {
-        fn list_images(&self) -> Result<Vec<StoredImage>, ImageStoreError> {
-            Ok(self.images.clone())
-        }
+    /// The upgrade: v1's images plus kube-apiserver v1.34.0 on the same base layer.
+    fn v2() -> Fixture {
+        let base = base_layer();
+        Fixture::new(&[
+            (PAUSE, ARCHIVE, &[b"pause layer"]),
+            (APISERVER, ARCHIVE, &[&base, b"apiserver v1.33.1"]),
+            (SCHEDULER, ARCHIVE, &[&base, b"scheduler v1.33.1"]),
+            (NEW_APISERVER, ARCHIVE, &[&base, b"apiserver v1.34.0"]),
+        ])
+    }
 
-        fn import(&self, name: &str, archive: &mut dyn Read) -> Result<(), ImageStoreError> {
-            let mut bytes = Vec::new();
-            archive.read_to_end(&mut bytes).expect("read");
-            self.imports
-                .borrow_mut()
-                .push((name.to_string(), bytes.len()));
-            if self.fail_import {
-                return Err(ImageStoreError::Failed {
-                    operation: format!("images import {name}"),
-                    status: "exit status: 1".into(),
-                    stderr: "boom".into(),
-                });
-            }
-            Ok(())
+    fn digests<'a>(items: impl IntoIterator<Item = &'a Sha256Digest>) -> BTreeSet<Sha256Digest> {
+        items.into_iter().cloned().collect()
+    }
+
+    /// A store holding what importing `references` of `fixture` leaves.
+    fn store_with(fixture: &Fixture, references: &[&str]) -> RecordingStore {
+        let (images, content) = fixture.stored(references);
+        RecordingStore {
+            images,
+            content: Some(content),
+            ..RecordingStore::default()
         }
     }
 
-    fn digest(n: u8) -> Sha256Digest {
-        Sha256Digest::of(&[n])
+    // === plan_import ===
+
+    #[test]
+    fn fresh_node_imports_everything() {
+        let fixture = v1();
+        let plan = plan_import(&fixture.manifest, &[], Some(&BTreeSet::new()));
+        assert_eq!(plan.import, vec![APISERVER, SCHEDULER, PAUSE]);
+        assert!(plan.present.is_empty());
+        let every_blob = digests(fixture.manifest.images.iter().flat_map(|i| &i.blobs));
+        assert_eq!(plan.send, every_blob);
+        assert!(plan.reused.is_empty());
     }
 
-    /// A bundle dir with two archives (contents are not OCI: import decisions only).
-    fn bundle() -> (tempfile::TempDir, BundleManifest) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("docker")).expect("mkdir");
-        let mut files = Vec::new();
-        for (name, content) in [
-            ("docker/a.tar", b"AAAA".as_slice()),
-            ("docker/b.tar", b"BB"),
-        ] {
-            std::fs::write(dir.path().join(name), content).expect("write");
-            files.push(FileEntry {
-                path: name.to_string(),
-                size: content.len() as u64,
-                sha256: Sha256Digest::of(content),
-                mode: 0o644,
-                kind: FileKind::ImageArchive,
-                source: "generated".into(),
-            });
-        }
-        let image = |reference: &str, archive: &str, d: u8| ImageEntry {
-            reference: reference.to_string(),
-            archive: archive.to_string(),
-            manifest_digest: digest(d),
-            media_type: cks_proto::oci::MEDIA_TYPE_OCI_MANIFEST.into(),
-            platform: Platform {
-                os: "linux".into(),
-                architecture: "amd64".into(),
-                variant: None,
-            },
-            blobs: vec![],
+    #[test]
+    fn upgrade_imports_the_new_image_and_sends_only_what_containerd_lacks() {
+        let (v1, v2) = (v1(), v2());
+        let (images, content) = v1.stored(&[PAUSE, APISERVER, SCHEDULER]);
+        let plan = plan_import(&v2.manifest, &images, Some(&content));
+        assert_eq!(plan.import, vec![NEW_APISERVER]);
+        assert_eq!(plan.present, vec![APISERVER, SCHEDULER, PAUSE]);
+        let new = v2.image(NEW_APISERVER);
+        // Its config and its own layer; not the base layer containerd has.
+        assert_eq!(plan.send, digests([&new.blobs[0], &new.blobs[2]]));
+        assert_eq!(plan.reused, digests([&new.blobs[1]]));
+    }
+
+    #[test]
+    fn image_under_another_digest_or_with_a_blob_missing_is_imported_again() {
+        let fixture = v1();
+        let (mut images, mut content) = fixture.stored(&[PAUSE, APISERVER, SCHEDULER]);
+        // Same name, another manifest: an image of another build.
+        images[0].digest = Sha256Digest::of(b"other").oci();
+        // Listed with the right manifest, but a layer is gone (an import that failed half-way).
+        let scheduler = fixture.image(SCHEDULER);
+        content.remove(&scheduler.blobs[2]);
+        let plan = plan_import(&fixture.manifest, &images, Some(&content));
+        assert_eq!(plan.import, vec![SCHEDULER, PAUSE]);
+        assert_eq!(plan.present, vec![APISERVER]);
+        let pause = fixture.image(PAUSE);
+        assert_eq!(
+            plan.send,
+            digests([&pause.blobs[0], &scheduler.blobs[0], &scheduler.blobs[2]]),
+            "pause's layer and the scheduler's base are in the content store"
+        );
+    }
+
+    #[test]
+    fn without_a_content_list_the_manifest_digest_decides_and_every_blob_is_sent() {
+        let (v1, v2) = (v1(), v2());
+        let (images, _) = v1.stored(&[PAUSE, APISERVER, SCHEDULER]);
+        let plan = plan_import(&v2.manifest, &images, None);
+        assert_eq!(plan.import, vec![NEW_APISERVER]);
+        assert_eq!(plan.send, digests(&v2.image(NEW_APISERVER).blobs));
+        assert!(plan.reused.is_empty());
+    }
+
+    // === prepare + import ===
+
+    #[test]
+    fn fresh_node_gets_every_image_and_blob_in_one_archive() {
+        let fixture = v1();
+        let store = RecordingStore {
+            content: Some(BTreeSet::new()),
+            ..RecordingStore::default()
         };
-        let manifest = BundleManifest {
-            schema_version: SCHEMA_VERSION,
-            name: "t".into(),
-            builder: "test".into(),
-            kubernetes_version: KubeVersion::new(1, 33, 1),
-            arch: Arch::Amd64,
-            cni: "calico".into(),
-            cni_plugins_version: KubeVersion::new(1, 6, 0),
-            crictl_version: KubeVersion::new(1, 33, 0),
-            etcd_version: None,
-            files,
-            images: vec![
-                image("registry.k8s.io/pause:3.9", "docker/a.tar", 1),
-                image("registry.k8s.io/pause:3.10", "docker/a.tar", 2),
-                image("registry.k8s.io/coredns/coredns:v1.12.0", "docker/b.tar", 3),
-            ],
-            blobs: vec![],
+        let report = import_images(&fixture.source(), &fixture.manifest, &store).expect("import");
+        assert_eq!(report.imported, vec![APISERVER, SCHEDULER, PAUSE]);
+        assert_eq!(report.blobs_sent, fixture.blobs.len());
+        let imports = store.imports.borrow();
+        let [recorded] = imports.as_slice() else {
+            panic!("one import: {imports:?}")
         };
-        (dir, manifest)
+        assert!(recorded.terminated);
+        assert_eq!(recorded.blobs, fixture.blobs, "every blob, byte for byte");
+        let names: Vec<_> = recorded
+            .index
+            .as_ref()
+            .expect("index.json")
+            .manifests
+            .iter()
+            .map(|d| d.annotations[cks_proto::oci::ANNOTATION_IMAGE_NAME].clone())
+            .collect();
+        assert_eq!(names, vec![APISERVER, SCHEDULER, PAUSE]);
+    }
+
+    #[test]
+    fn upgrade_streams_only_the_new_images_manifest_config_and_missing_layers() {
+        let (v1, v2) = (v1(), v2());
+        let store = store_with(&v1, &[PAUSE, APISERVER, SCHEDULER]);
+        let report = import_images(&v2.source(), &v2.manifest, &store).expect("import");
+        assert_eq!(report.imported, vec![NEW_APISERVER]);
+        assert_eq!(report.skipped, vec![APISERVER, SCHEDULER, PAUSE]);
+        assert_eq!(report.layers_reused, 1);
+        let new = v2.image(NEW_APISERVER);
+        let imports = store.imports.borrow();
+        let recorded = &imports[0];
+        assert_eq!(recorded.name, "1 of 4 images from docker/images.tar");
+        assert_eq!(
+            recorded.blobs.keys().cloned().collect::<BTreeSet<_>>(),
+            digests([&new.manifest_digest, &new.blobs[0], &new.blobs[2]])
+        );
+        assert_eq!(
+            report.bytes_sent,
+            recorded.blobs.values().map(|b| b.len() as u64).sum::<u64>()
+        );
+        let index = recorded.index.as_ref().expect("index");
+        assert_eq!(index.manifests.len(), 1);
+        assert_eq!(index.manifests[0].digest, new.manifest_digest.oci());
+        assert_eq!(
+            index.manifests[0].size,
+            v2.blobs[&new.manifest_digest].len() as u64
+        );
+        assert_eq!(
+            recorded
+                .members
+                .as_ref()
+                .expect("parses")
+                .last()
+                .map(String::as_str),
+            Some("index.json"),
+            "index.json comes last"
+        );
+    }
+
+    #[test]
+    fn everything_present_imports_nothing() {
+        let fixture = v1();
+        let store = store_with(&fixture, &[PAUSE, APISERVER, SCHEDULER]);
+        // Even a corrupt archive: nothing is read.
+        fixture.corrupt_blob(&base_layer_digest());
+        let report = import_images(&fixture.source(), &fixture.manifest, &store).expect("import");
+        assert!(report.imported.is_empty());
+        assert_eq!(report.skipped.len(), 3);
+        assert!(store.imports.borrow().is_empty());
+    }
+
+    fn base_layer_digest() -> Sha256Digest {
+        Sha256Digest::of(&base_layer())
+    }
+
+    #[test]
+    fn corrupt_blob_to_send_refuses_before_anything_is_imported() {
+        let (v1, v2) = (v1(), v2());
+        v2.corrupt_blob(&v2.image(NEW_APISERVER).blobs[2]);
+        let store = store_with(&v1, &[PAUSE, APISERVER, SCHEDULER]);
+        let err = prepare_import(&v2.source(), &v2.manifest, &store).expect_err("corrupt");
+        assert!(
+            matches!(
+                err,
+                ImagesError::Refused(VerifyError::BlobDigestMismatch { .. })
+            ),
+            "{err:?}"
+        );
+        assert!(store.imports.borrow().is_empty());
+    }
+
+    #[test]
+    fn corrupt_blob_containerd_has_does_not_matter() {
+        let (v1, v2) = (v1(), v2());
+        v2.corrupt_blob(&base_layer_digest());
+        let store = store_with(&v1, &[PAUSE, APISERVER, SCHEDULER]);
+        let report = import_images(&v2.source(), &v2.manifest, &store).expect("import");
+        assert_eq!(report.imported, vec![NEW_APISERVER]);
+    }
+
+    #[test]
+    fn a_failing_content_list_sends_every_blob_of_the_images_to_import() {
+        let (v1, v2) = (v1(), v2());
+        let store = RecordingStore {
+            fail_content: true,
+            ..store_with(&v1, &[PAUSE, APISERVER, SCHEDULER])
+        };
+        let report = import_images(&v2.source(), &v2.manifest, &store).expect("import");
+        assert_eq!(report.imported, vec![NEW_APISERVER]);
+        let new = v2.image(NEW_APISERVER);
+        let sent: BTreeSet<_> = store.imports.borrow()[0].blobs.keys().cloned().collect();
+        assert_eq!(
+            sent,
+            digests(std::iter::once(&new.manifest_digest).chain(&new.blobs))
+        );
     }
 
     #[test]
     fn failed_import_is_reported_with_ctr_stderr() {
-        let (dir, manifest) = bundle();
+        let fixture = v1();
         let store = RecordingStore {
             fail_import: true,
             ..RecordingStore::default()
         };
-        let err = import_images(&DirBundle::new(dir.path()), &manifest, &store).expect_err("fails");
+        let err = import_images(&fixture.source(), &fixture.manifest, &store).expect_err("fails");
         let chain = format!("{}", crate::bundle::mount::ErrorChain(&err));
         assert!(chain.contains("boom"), "{chain}");
-        assert_eq!(
-            store.imports.borrow().len(),
-            1,
-            "stops at the first failure"
-        );
+        assert_eq!(store.imports.borrow().len(), 1);
     }
 
     #[test]
-    fn archives_whose_images_are_present_with_the_right_digest_are_skipped() {
-        let (dir, manifest) = bundle();
+    fn blob_changed_after_verification_truncates_the_stream_and_fails() {
+        let fixture = v1();
+        let store = RecordingStore::default();
+        let prepared = prepare_import(&fixture.source(), &fixture.manifest, &store).expect("ok");
+        let changed = fixture.image(SCHEDULER).blobs[2].clone();
+        fixture.corrupt_blob(&changed);
+        let err = import_prepared(&fixture.source(), &prepared, &store).expect_err("changed");
+        assert!(
+            matches!(&err, ImagesError::ContentChanged { source, .. } if source.digest == changed),
+            "{err:?}"
+        );
+        let recorded = &store.imports.borrow()[0];
+        assert!(!recorded.terminated, "ctr got a truncated tar");
+        assert!(recorded.index.is_none(), "and no index.json");
+    }
+
+    #[test]
+    fn a_store_that_stops_reading_early_is_an_error() {
+        let fixture = v1();
         let store = RecordingStore {
-            images: vec![
-                StoredImage {
-                    reference: "registry.k8s.io/pause:3.9".into(),
-                    digest: digest(1).oci(),
-                },
-                StoredImage {
-                    reference: "registry.k8s.io/pause:3.10".into(),
-                    digest: digest(2).oci(),
-                },
-                // Same name, other digest: must be imported again.
-                StoredImage {
-                    reference: "registry.k8s.io/coredns/coredns:v1.12.0".into(),
-                    digest: digest(9).oci(),
-                },
-            ],
+            read_limit: Some(2048),
             ..RecordingStore::default()
         };
-        let report =
-            import_images(&DirBundle::new(dir.path()), &manifest, &store).expect("imports");
-        assert_eq!(report.skipped, vec!["docker/a.tar"]);
-        assert_eq!(report.imported, vec!["docker/b.tar"]);
-        assert_eq!(
-            *store.imports.borrow(),
-            vec![("docker/b.tar".to_string(), 2)]
+        let err = import_images(&fixture.source(), &fixture.manifest, &store).expect_err("short");
+        assert!(
+            matches!(err, ImagesError::ImportIncomplete { .. }),
+            "{err:?}"
         );
-    }
-
-    #[test]
-    fn changed_archive_is_detected_while_importing() {
-        let (dir, manifest) = bundle();
-        std::fs::write(dir.path().join("docker/a.tar"), b"AAAX").expect("tamper");
-        let store = RecordingStore::default();
-        let err =
-            import_images(&DirBundle::new(dir.path()), &manifest, &store).expect_err("changed");
-        assert!(matches!(err, ImagesError::ContentChanged { .. }), "{err:?}");
     }
 
     #[test]
     fn pause_image_is_the_highest_pause_tag() {
-        let (_dir, manifest) = bundle();
+        let fixture = Fixture::new(&[
+            ("registry.k8s.io/pause:3.9", ARCHIVE, &[b"a"]),
+            (PAUSE, ARCHIVE, &[b"b"]),
+            ("registry.k8s.io/coredns/coredns:v1.12.0", ARCHIVE, &[b"c"]),
+        ]);
         assert_eq!(
-            pause_image(&manifest).map(|i| i.reference.as_str()),
-            Some("registry.k8s.io/pause:3.10")
+            pause_image(&fixture.manifest).map(|i| i.reference.as_str()),
+            Some(PAUSE)
         );
         assert_eq!(repository_name("docker.io/library/nginx:1.27"), "nginx");
         assert_eq!(repository_name("localhost:5000/pause:3.10"), "pause");

@@ -6,8 +6,11 @@
 //!    directory), else the block device whose ISO volume id is `CDROM`, waited for with backoff.
 //! 2. **Open** it read-only ([`bundle::mount`]): loop device + `mount(2)`, or the user-space ISO
 //!    reader when the kernel cannot mount iso9660.
-//! 3. **Verify** it ([`cks_proto::verify::verify_bundle`]) against its `cks-manifest.json` and
-//!    this host's architecture, before anything on the node changes.
+//! 3. **Verify** it against its `cks-manifest.json` and this host's architecture, before
+//!    anything on the node changes: every file is hashed
+//!    ([`cks_proto::verify::verify_bundle_files`]) except the image archives, of which only the
+//!    blobs to import are read and hashed ([`images::prepare_import`]: the images containerd
+//!    lacks, without the layers it has).
 //! 4. **Install** binaries, CNI plugins, crictl, the kubelet unit and manifests ([`install`]),
 //!    set containerd's sandbox image and **import** the images ([`images`]).
 //!
@@ -18,8 +21,10 @@
 //! # Failure behaviour
 //!
 //! A bundle that is missing, unreadable, corrupt, truncated or built for another architecture
-//! is refused before anything is written: no file, directory or journal entry changes. Errors
-//! are [`AgentError`]s; [`AgentError::exit_code`] is the one mapping to process exit codes.
+//! is refused before anything is written: no file, directory or journal entry changes. That
+//! includes a corrupt blob of an image the node needs; a corrupt blob the node does not read
+//! (a layer containerd already has) does not matter. Errors are [`AgentError`]s;
+//! [`AgentError::exit_code`] is the one mapping to process exit codes.
 //!
 //! # The controller half (`cks-agent run`)
 //!
@@ -41,13 +46,15 @@ use std::time::Duration;
 
 use cks_proto::ids::{Arch, Sha256Digest};
 use cks_proto::manifest::MANIFEST_PATH;
-use cks_proto::verify::{BundleSource, VerifiedBundle, VerifyError, VerifyOptions, verify_bundle};
+use cks_proto::verify::{
+    BundleSource, VerifiedBundle, VerifyError, VerifyOptions, verify_bundle, verify_bundle_files,
+};
 use tracing::{info, info_span, warn};
 
 use crate::bundle::discover::{BundleLocation, DiscoverError, Discovery, find_bundle_device};
 use crate::bundle::mount::{MountError, OpenedBundle};
 use crate::config::Config;
-use crate::images::{ImageStore, ImagesError, SandboxImageError};
+use crate::images::{ImageStore, ImagesError, PreparedImport, SandboxImageError};
 use crate::install::InstallError;
 use crate::journal::{Journal, JournalError, JournalState, Step};
 
@@ -157,9 +164,9 @@ pub struct InstallOutcome {
     pub kubernetes_version: String,
     /// Steps run now (empty when everything was done before).
     pub steps_run: Vec<&'static str>,
-    /// Image archives imported now.
+    /// References of the images imported now.
     pub images_imported: Vec<String>,
-    /// Image archives skipped because containerd had their images.
+    /// References of the images containerd had already (so not imported).
     pub images_skipped: Vec<String>,
 }
 
@@ -204,11 +211,24 @@ pub fn open_bundle(
     Ok(opened)
 }
 
-/// Verifies an open bundle for this host; writes nothing.
+/// Verifies an open bundle for this host, completely (every file, every blob of every image
+/// archive, as `cks-isobuilder verify` does); writes nothing.
 ///
 /// # Errors
 /// [`AgentError::Refused`] naming the first failed check, [`AgentError::UnsupportedHost`].
 pub fn verify(bundle: &OpenedBundle) -> Result<VerifiedBundle, AgentError> {
+    verify_using(bundle, verify_bundle)
+}
+
+/// Verifies an open bundle for installing it: as [`verify`], except that image archives are
+/// only checked for size and mode; [`prepare_images`] then verifies the blobs to import.
+fn verify_for_install(bundle: &OpenedBundle) -> Result<VerifiedBundle, AgentError> {
+    verify_using(bundle, verify_bundle_files)
+}
+
+type Verifier = fn(&dyn BundleSource, &VerifyOptions<'_>) -> Result<VerifiedBundle, VerifyError>;
+
+fn verify_using(bundle: &OpenedBundle, verifier: Verifier) -> Result<VerifiedBundle, AgentError> {
     let arch = Arch::host().ok_or(AgentError::UnsupportedHost {
         arch: std::env::consts::ARCH,
     })?;
@@ -216,7 +236,7 @@ pub fn verify(bundle: &OpenedBundle) -> Result<VerifiedBundle, AgentError> {
         expected_arch: Some(arch),
         on_bytes: None,
     };
-    let verified = verify_bundle(bundle, &options).map_err(|source| AgentError::Refused {
+    let verified = verifier(bundle, &options).map_err(|source| AgentError::Refused {
         bundle: bundle.location().describe(),
         source,
     })?;
@@ -281,9 +301,17 @@ pub fn install_reporting(
         });
     }
 
-    let verified = verify(bundle)?;
+    let verified = verify_for_install(bundle)?;
     let sha = verified.manifest_sha256.hex().to_string();
     let manifest = &verified.manifest;
+    // Still before anything is written: what to import, with every blob it sends verified.
+    let images_done = Journal::peek(&paths.data_dir)?
+        .is_some_and(|state| journal_step_done(&state, &sha, Step::ImagesImport));
+    let mut prepared = if images_done {
+        None
+    } else {
+        Some(prepare_images(bundle, manifest, store)?)
+    };
     let mut journal = Journal::open(&paths.data_dir)?;
     journal.begin_bundle(&sha, &manifest.kubernetes_version.to_string(), &location)?;
     let mut outcome = InstallOutcome {
@@ -295,7 +323,8 @@ pub fn install_reporting(
         images_skipped: Vec::new(),
     };
     if !journal.is_done(&sha, Step::BundleVerify) {
-        let detail = format!("{} bytes checked", verified.bytes_checked);
+        let blob_bytes = prepared.as_ref().map_or(0, PreparedImport::bytes_checked);
+        let detail = format!("{} bytes checked", verified.bytes_checked + blob_bytes);
         journal.record_done(Step::BundleVerify, &detail)?;
         on_step(Step::BundleVerify.as_str(), &detail);
         outcome.steps_run.push(Step::BundleVerify.as_str());
@@ -325,15 +354,26 @@ pub fn install_reporting(
             .push(Step::ContainerdSandboxImage.as_str());
     }
     if !journal.is_done(&sha, Step::ImagesImport) {
-        let report = images::import_images(bundle, manifest, store)?;
+        let prepared = match prepared.take() {
+            Some(prepared) => prepared,
+            // Another agent changed the journal since it was peeked at.
+            None => prepare_images(bundle, manifest, store)?,
+        };
+        let report = images::import_prepared(bundle, &prepared, store)?;
         let detail = format!(
-            "{} archives imported, {} skipped",
+            "{} images imported ({} blobs, {} bytes sent; {} layers reused), {} already in containerd",
             report.imported.len(),
+            report.blobs_sent,
+            report.bytes_sent,
+            report.layers_reused,
             report.skipped.len()
         );
         info!(
             imported = report.imported.len(),
             skipped = report.skipped.len(),
+            blobs_sent = report.blobs_sent,
+            bytes_sent = report.bytes_sent,
+            layers_reused = report.layers_reused,
             "images imported"
         );
         journal.record_done(Step::ImagesImport, &detail)?;
@@ -346,6 +386,22 @@ pub fn install_reporting(
     Ok(outcome)
 }
 
+/// [`images::prepare_import`], with a blob that fails verification refusing the bundle (as any
+/// other verification failure does).
+fn prepare_images(
+    bundle: &OpenedBundle,
+    manifest: &cks_proto::manifest::BundleManifest,
+    store: &dyn ImageStore,
+) -> Result<PreparedImport, AgentError> {
+    images::prepare_import(bundle, manifest, store).map_err(|err| match err {
+        ImagesError::Refused(source) => AgentError::Refused {
+            bundle: bundle.location().describe(),
+            source,
+        },
+        other => AgentError::Images(other),
+    })
+}
+
 /// SHA-256 of the bundle's manifest bytes, if it has a readable one.
 fn manifest_sha256(bundle: &dyn BundleSource) -> Option<Sha256Digest> {
     let mut bytes = Vec::new();
@@ -356,6 +412,12 @@ fn manifest_sha256(bundle: &dyn BundleSource) -> Option<Sha256Digest> {
         .read_to_end(&mut bytes)
         .ok()?;
     Some(Sha256Digest::of(&bytes))
+}
+
+fn journal_step_done(state: &JournalState, sha: &str, step: Step) -> bool {
+    state.bundle.as_ref().is_some_and(|b| {
+        b.manifest_sha256 == sha && b.steps.iter().any(|s| s.step == step.as_str())
+    })
 }
 
 fn journal_complete(state: &JournalState, sha: &str) -> bool {
