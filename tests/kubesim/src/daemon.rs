@@ -1,15 +1,16 @@
 //! What the long-running stand-ins (kube-apiserver, kube-controller-manager, kubelet) share:
-//! logging, the runtime, and when to stop.
+//! logging, the runtime, when to stop, and the processes they manage.
 //!
-//! They stop on SIGTERM or SIGINT, and also when their parent process goes away (a static pod
-//! whose kubelet was killed must not outlive it), so no simulated node leaves processes behind.
-//! None of them ever calls `setsid` or daemonizes: they stay in their parent's process group.
+//! They stop on SIGTERM or SIGINT, and also when the node's root directory disappears (a node
+//! whose disk is gone has no processes), so no simulated node leaves processes behind even when
+//! only one process of it was killed. None of them ever calls `setsid` or daemonizes: they stay
+//! in their parent's process group.
 
 use std::future::Future;
 use std::time::Duration;
 
-/// How often a daemon checks that its parent is alive.
-const PARENT_POLL: Duration = Duration::from_millis(500);
+/// How often a daemon checks that its node's root still exists.
+const ROOT_POLL: Duration = Duration::from_millis(500);
 
 /// Logs to stderr (`RUST_LOG`, default `info`), without colours.
 pub fn init_logging() {
@@ -37,18 +38,16 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     runtime.block_on(future)
 }
 
-/// Completes on SIGTERM, SIGINT, or when the parent process changes (it died and the process
-/// was re-parented).
-pub async fn shutdown_signal() {
+/// Completes on SIGTERM, SIGINT, or when `root` (the node's root directory) disappears.
+pub async fn shutdown_signal(root: std::path::PathBuf) {
     use tokio::signal::unix::{SignalKind, signal};
-    let parent = std::os::unix::process::parent_id();
     let mut term = signal(SignalKind::terminate()).ok();
     let mut int = signal(SignalKind::interrupt()).ok();
-    let orphaned = async {
+    let gone = async {
         loop {
-            tokio::time::sleep(PARENT_POLL).await;
-            if std::os::unix::process::parent_id() != parent {
-                tracing::info!("parent process gone; stopping");
+            tokio::time::sleep(ROOT_POLL).await;
+            if !root.exists() {
+                tracing::info!(root = %root.display(), "the node's root is gone; stopping");
                 return;
             }
         }
@@ -70,9 +69,43 @@ pub async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        () = orphaned => {}
+        () = gone => {}
         () = term => tracing::info!("SIGTERM; stopping"),
         () = int => tracing::info!("SIGINT; stopping"),
+    }
+}
+
+/// The start time (clock ticks since boot) of the live, non-zombie process `pid`; with the pid
+/// it identifies a process across pid reuse.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    if matches!(fields.first(), Some(&"Z") | Some(&"X") | None) {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// Stops the process `pid` that started at `started` (see [`process_start_time`]): SIGTERM,
+/// then SIGKILL after `grace`. Blocking; returns at once when it is already gone.
+pub fn stop_process(pid: u32, started: u64, grace: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Ok(raw) = i32::try_from(pid) else { return };
+    if process_start_time(pid) != Some(started) {
+        return;
+    }
+    let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if process_start_time(pid) != Some(started) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if process_start_time(pid) == Some(started) {
+        let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
     }
 }
 

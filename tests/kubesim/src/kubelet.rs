@@ -19,9 +19,11 @@
 //!   when the program of its first container (`command[0]`) is in `KUBESIM_BIN`, it runs as a
 //!   child with the manifest's arguments and `KUBESIM_VERSION` set from the image tag; a changed
 //!   manifest restarts it, a removed one stops it, a crashed one restarts after
-//!   [`CRASH_BACKOFF`]. Output goes to `/var/log/pods/<name>.log`.
+//!   [`CRASH_BACKOFF`]. Output goes to `/var/log/pods/<name>.log`. As containers do, static
+//!   pods outlive a kubelet restart: their processes are recorded in
+//!   [`STATIC_POD_RECORDS`] and the next kubelet adopts them; `kubeadm reset` stops them.
 //! * Never daemonizes or calls `setsid`: children stay in the process group. On SIGTERM or
-//!   SIGINT it stops its children and exits; it also exits when the node's root disappears.
+//!   SIGINT it exits; it also exits when the node's root disappears (so do the static pods).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -36,6 +38,7 @@ use tracing::{info, warn};
 use crate::clock::{now_unix, parse_rfc3339, rfc3339};
 use crate::cluster::ClusterDir;
 use crate::controllers::pod_status;
+use crate::daemon::process_start_time;
 use crate::env::{NodeEnv, default_route_address, go_arch};
 use crate::flags::{FlagSpec, Parsed};
 use crate::kubeconfig::Kubeconfig;
@@ -265,9 +268,88 @@ impl StaticPod {
 /// A running static pod process.
 struct Running {
     hash: String,
-    child: Option<Child>,
+    /// The process; `None` when it exited (or for a simulated container, which has none).
+    proc: Option<Proc>,
+    /// No kubesim program: a simulated container, always running.
+    simulated: bool,
     started: u64,
     exited_at: Option<Instant>,
+}
+
+/// A static pod's process.
+enum Proc {
+    /// Started by this kubelet.
+    Child(Child),
+    /// Started by an earlier kubelet of this node and adopted: (pid, start time).
+    Adopted(u32, u64),
+}
+
+impl Proc {
+    /// Whether it still runs (reaping it when it is this kubelet's child).
+    fn alive(&mut self) -> bool {
+        match self {
+            Proc::Child(child) => matches!(child.try_wait(), Ok(None)),
+            Proc::Adopted(pid, started) => process_start_time(*pid) == Some(*started),
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    async fn stop(self) {
+        match self {
+            Proc::Child(mut child) => {
+                if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                if tokio::time::timeout(STOP_GRACE, child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            Proc::Adopted(pid, started) => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::daemon::stop_process(pid, started, STOP_GRACE)
+                })
+                .await;
+            }
+        }
+    }
+}
+
+/// Where a static pod's process is recorded (node path): `<pid> <start time> <started unix>
+/// <manifest hash>`, so that the next kubelet of the node adopts it instead of restarting it
+/// (containers outlive a kubelet restart), and `kubeadm reset` can remove it.
+pub const STATIC_POD_RECORDS: &str = "/run/kubesim/pods";
+
+/// A static pod's record: (pid, start time, started at, manifest hash).
+fn read_record(path: &Path) -> Option<(u32, u64, u64, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.split_whitespace();
+    Some((
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.parse().ok()?,
+        parts.next()?.to_string(),
+    ))
+}
+
+/// Stops every static pod process recorded on the node at `root` (what `kubeadm reset` does
+/// with the containers). Blocking.
+pub fn stop_static_pods(root: &Path) {
+    let dir = crate::env::node_path(root, STATIC_POD_RECORDS);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if let Some((pid, started, _, _)) = read_record(&entry.path()) {
+            crate::daemon::stop_process(pid, started, STOP_GRACE);
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
 }
 
 /// The kubelet.
@@ -402,7 +484,7 @@ impl Kubelet {
                 () = tokio::time::sleep(SYNC_PERIOD) => {}
             }
         }
-        self.stop_all().await;
+        // The static pods run on, as containers do when the kubelet stops.
         info!("kubelet stopped");
     }
 
@@ -437,6 +519,12 @@ impl Kubelet {
         }
     }
 
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.config
+            .env
+            .host_path(format!("{STATIC_POD_RECORDS}/{name}.pid"))
+    }
+
     async fn sync_static_pods(&mut self, manifests: &BTreeMap<String, StaticPod>) {
         let gone: Vec<String> = self
             .pods
@@ -450,45 +538,91 @@ impl Kubelet {
                     pod = name,
                     "static pod manifest changed or removed; stopping it"
                 );
-                stop_child(running.child).await;
+                if let Some(proc) = running.proc {
+                    proc.stop().await;
+                }
+                let _ = std::fs::remove_file(self.record_path(&name));
             }
         }
         for (name, pod) in manifests {
-            let restart_due = match self.pods.get_mut(name) {
-                None => true,
+            let start = match self.pods.get_mut(name) {
+                None => match self.adopt(name, pod).await {
+                    Some(running) => {
+                        self.pods.insert(name.clone(), running);
+                        false
+                    }
+                    None => true,
+                },
                 Some(running) => {
-                    if let Some(child) = &mut running.child
-                        && let Ok(Some(status)) = child.try_wait()
+                    if let Some(proc) = &mut running.proc
+                        && !proc.alive()
                     {
-                        warn!(pod = name, %status, "static pod exited; restarting after a back-off");
-                        running.child = None;
+                        warn!(pod = name, "static pod exited; restarting after a back-off");
+                        running.proc = None;
                         running.exited_at = Some(Instant::now());
                     }
-                    running.child.is_none()
+                    !running.simulated
+                        && running.proc.is_none()
                         && running
                             .exited_at
                             .is_some_and(|t| t.elapsed() >= CRASH_BACKOFF)
                 }
             };
-            if restart_due {
-                let child = self.start_static_pod(pod);
-                let exited_at = None;
-                self.pods.insert(
-                    name.clone(),
-                    Running {
-                        hash: pod.hash.clone(),
-                        child,
-                        started: now_unix(),
-                        exited_at,
-                    },
-                );
+            if start {
+                let running = self.start_static_pod(pod);
+                self.pods.insert(name.clone(), running);
             }
         }
     }
 
-    fn start_static_pod(&self, pod: &StaticPod) -> Option<Child> {
-        let (program, args, version) = pod.command()?;
-        let binary = self.config.env.binary(&program)?;
+    /// The process an earlier kubelet started for `pod`, when it still runs that manifest; a
+    /// process running another manifest is stopped.
+    async fn adopt(&self, name: &str, pod: &StaticPod) -> Option<Running> {
+        let record = self.record_path(name);
+        let (pid, started, started_unix, hash) = read_record(&record)?;
+        let mut proc = Proc::Adopted(pid, started);
+        if !proc.alive() {
+            let _ = std::fs::remove_file(&record);
+            return None;
+        }
+        if hash != pod.hash {
+            info!(
+                pod = name,
+                pid, "a running static pod has an old manifest; stopping it"
+            );
+            proc.stop().await;
+            let _ = std::fs::remove_file(&record);
+            return None;
+        }
+        info!(pod = name, pid, "adopted the running static pod");
+        Some(Running {
+            hash: hash.clone(),
+            proc: Some(proc),
+            simulated: false,
+            started: started_unix,
+            exited_at: None,
+        })
+    }
+
+    fn start_static_pod(&self, pod: &StaticPod) -> Running {
+        let simulated = Running {
+            hash: pod.hash.clone(),
+            proc: None,
+            simulated: true,
+            started: now_unix(),
+            exited_at: None,
+        };
+        let Some((program, args, version)) = pod.command() else {
+            return simulated;
+        };
+        let Some(binary) = self.config.env.binary(&program) else {
+            return simulated;
+        };
+        let failed = Running {
+            simulated: false,
+            exited_at: Some(Instant::now()),
+            ..simulated
+        };
         let log_path = self
             .config
             .env
@@ -496,36 +630,50 @@ impl Kubelet {
         if let Some(dir) = log_path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let log = std::fs::OpenOptions::new()
+        let Ok(log) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .ok()?;
+        else {
+            return failed;
+        };
+        let Ok(stdout) = log.try_clone() else {
+            return failed;
+        };
         let version = version.unwrap_or_else(|| self.config.env.version.clone());
         let mut command = Command::new(&binary);
+        // Not killed with the kubelet: a container outlives a kubelet restart.
         command
             .args(&args)
             .envs(self.config.env.to_vars())
             .env(crate::env::ENV_VERSION, version)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().ok()?)
-            .stderr(log)
-            .kill_on_drop(true);
+            .stdout(stdout)
+            .stderr(log);
         match command.spawn() {
             Ok(child) => {
-                info!(pod = pod.name(), pid = child.id(), "started static pod");
-                Some(child)
+                let pid = child.id().unwrap_or_default();
+                info!(pod = pod.name(), pid, "started static pod");
+                if let Some(started) = process_start_time(pid) {
+                    let record = format!("{pid} {started} {} {}\n", failed.started, pod.hash);
+                    if let Err(err) = crate::cluster::write_atomic(
+                        &self.record_path(pod.name()),
+                        record.as_bytes(),
+                        0o644,
+                    ) {
+                        warn!(pod = pod.name(), %err, "failed to record the static pod's process");
+                    }
+                }
+                Running {
+                    proc: Some(Proc::Child(child)),
+                    exited_at: None,
+                    ..failed
+                }
             }
             Err(err) => {
                 warn!(pod = pod.name(), %err, binary = %binary.display(), "failed to start static pod");
-                None
+                failed
             }
-        }
-    }
-
-    async fn stop_all(&mut self) {
-        for (_, running) in std::mem::take(&mut self.pods) {
-            stop_child(running.child).await;
         }
     }
 
@@ -546,11 +694,7 @@ impl Kubelet {
             .map(|(name, r)| {
                 (
                     name.clone(),
-                    (
-                        r.hash.clone(),
-                        r.child.is_some() || r.exited_at.is_none(),
-                        r.started,
-                    ),
+                    (r.hash.clone(), r.simulated || r.proc.is_some(), r.started),
                 )
             })
             .collect();
@@ -799,23 +943,6 @@ fn sync_mirror_pods(
         if old.as_ref() != Some(&mirror) {
             objects.put("pods", mirror, now);
         }
-    }
-}
-
-/// SIGTERM, then SIGKILL after [`STOP_GRACE`].
-async fn stop_child(child: Option<Child>) {
-    let Some(mut child) = child else { return };
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    if tokio::time::timeout(STOP_GRACE, child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
     }
 }
 

@@ -27,7 +27,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::env::NodeEnv;
 
@@ -286,16 +286,7 @@ fn managed(unit: &str) -> Option<Managed> {
     }
 }
 
-/// (pid, start time in clock ticks) of a live, non-zombie process.
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    if matches!(fields.first(), Some(&"Z") | Some(&"X") | None) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
+use crate::daemon::process_start_time;
 
 impl Systemctl {
     /// The stand-in for `env`'s node; `inherited` are the caller's variables services get
@@ -632,7 +623,9 @@ impl Systemctl {
             }
             Some(Managed::Kubelet) => {
                 if let Some(pid) = self.kubelet_pid() {
-                    stop_process(pid);
+                    if let Some(started) = process_start_time(pid) {
+                        crate::daemon::stop_process(pid, started, STOP_TIMEOUT);
+                    }
                     self.log(&format!("  {unit}: stopped pid {pid}"));
                 }
                 let _ = std::fs::remove_file(self.pid_file());
@@ -728,23 +721,6 @@ impl Systemctl {
         .map_err(|e| format!("failed to write the pid file: {e}"))?;
         Ok(pid)
     }
-}
-
-/// SIGTERM, wait, then SIGKILL.
-fn stop_process(pid: u32) {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-    let Ok(raw) = i32::try_from(pid) else { return };
-    let started = process_start_time(pid);
-    let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline {
-        if process_start_time(pid) != started || started.is_none() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
 }
 
 #[cfg(test)]

@@ -438,6 +438,25 @@ fn an_upgrade_restarts_the_control_plane_and_the_kubelet_at_the_new_version() {
     let cp = sim.node("cp-1", 1, "v1.33.1");
     let admin = cp.admin_conf();
     init(&sim, &cp);
+    // As containers do, the static pods outlive a kubelet restart: the new kubelet adopts them.
+    let record = cp.root.join("run/kubesim/pods/kube-apiserver.pid");
+    let pid_of = || {
+        std::fs::read_to_string(&record)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let apiserver = pid_of();
+    ok(&cp.systemctl(&sim, &["restart", "kubelet"]));
+    eventually(WAIT, "the new kubelet adopting the API server", || {
+        std::fs::read_to_string(cp.root.join("var/log/kubesim/kubelet.log"))
+            .ok()
+            .filter(|log| log.matches("adopted the running static pod").count() >= 2)
+    });
+    assert_eq!(pid_of(), apiserver, "the API server was not restarted");
+    assert!(ok(&sim.kubectl(&admin, &["version"])).contains("Server Version: v1.33.1"));
     // The old kubeadm cannot upgrade past itself.
     assert!(
         failed(&cp.kubeadm(&sim, &["upgrade", "apply", "v1.34.0", "-y"]))

@@ -1,5 +1,6 @@
 //! `kube-apiserver` stand-in (see `kubesim::apiserver`). Run by the kubelet stand-in from the
-//! static pod manifest; stops on SIGTERM/SIGINT and when its parent (the kubelet) goes away.
+//! static pod manifest; outlives a kubelet restart, as a container does; stops on SIGTERM or
+//! SIGINT and when the node's root goes away.
 
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let root = env.root.clone();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--version") {
         println!("Kubernetes {}", env.version);
@@ -25,7 +27,7 @@ fn main() -> ExitCode {
         }
     };
     kubesim::daemon::block_on(async move {
-        match kubesim::apiserver::run(config, kubesim::daemon::shutdown_signal()).await {
+        match kubesim::apiserver::run(config, kubesim::daemon::shutdown_signal(root)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("Error: {}", kubesim::daemon::error_chain(&err));

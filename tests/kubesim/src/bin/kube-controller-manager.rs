@@ -1,5 +1,6 @@
 //! `kube-controller-manager` stand-in (see `kubesim::controller_manager`). Run by the kubelet
-//! stand-in from the static pod manifest; stops on SIGTERM/SIGINT and when its parent goes away.
+//! stand-in from the static pod manifest; stops on SIGTERM/SIGINT and when the node's root goes
+//! away.
 
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let root = env.root.clone();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--version") {
         println!("Kubernetes {}", env.version);
@@ -27,7 +29,7 @@ fn main() -> ExitCode {
     };
     kubesim::daemon::block_on(kubesim::controller_manager::run(
         config,
-        kubesim::daemon::shutdown_signal(),
+        kubesim::daemon::shutdown_signal(root),
     ));
     ExitCode::SUCCESS
 }

@@ -12,6 +12,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let root = env.root.clone();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = match kubesim::kubelet::KubeletConfig::from_args(&args, &env) {
         Ok(Some(c)) => c,
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
         }
     };
     kubesim::daemon::block_on(
-        kubesim::kubelet::Kubelet::new(config).run(kubesim::daemon::shutdown_signal()),
+        kubesim::kubelet::Kubelet::new(config).run(kubesim::daemon::shutdown_signal(root)),
     );
     ExitCode::SUCCESS
 }

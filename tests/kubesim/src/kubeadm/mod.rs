@@ -906,6 +906,8 @@ fn reset(args: &[String], env: &Env, stdin: &mut dyn BufRead) -> Step {
     let dir = node_cluster(env).ok();
     let mut out = String::from("[reset] Stopping the kubelet service\n");
     stop_kubelet(env);
+    out.push_str("[reset] Removing the static pods' containers\n");
+    crate::kubelet::stop_static_pods(&env.root);
     for p in [
         "/etc/kubernetes/manifests",
         "/etc/kubernetes/pki",
