@@ -11,9 +11,10 @@
 //! `/sys/class/block`; the guest has no udev, so no `/dev/disk/by-label`), `--mount kernel` and
 //! `--root` on a tmpfs, prints tagged lines (`CKS-…`) on the serial console, and powers off.
 //!
-//! The guest has no containerd: `--ctr` points at a shell stand-in that lists no images and
-//! records the sha256 of every archive streamed to `images import -`, so the import step runs
-//! and the bytes it sent are checked.
+//! The guest has no containerd: `--ctr` points at a shell stand-in that lists no images and no
+//! content and records the sha256 of every archive streamed to `images import -`, so the import
+//! step runs and the bytes it sent are checked: the same as a user-space install of the ISO on
+//! the host sends, which holds every blob of the bundle.
 //!
 //! Assets: `make vm-assets agent-static` (both run by `make test`); see `qemu/vm.rs`.
 
@@ -43,12 +44,14 @@ const EXIT_BUNDLE_REFUSED: &str = "3";
 /// The fake kubelet's content in the fixtures' amd64 release; corrupted in the bad ISO.
 const KUBELET_MARKER: &[u8] = b"echo kubelet v1.33.1 amd64";
 
-/// Stands in for containerd's `ctr` (the agent calls `ctr -a SOCK -n k8s.io images ls` and
-/// `… images import -`).
+/// Stands in for containerd's `ctr` (the agent calls `ctr -a SOCK -n k8s.io images ls`,
+/// `… content ls -q` and `… images import -`); keeps a copy of the imported archive when
+/// `CKS_FAKE_CTR_SAVE` names a file.
 const FAKE_CTR: &str = r#"#!/bin/sh
 case "$5 $6" in
   "images ls") echo "REF TYPE DIGEST SIZE PLATFORMS LABELS" ;;
-  "images import") echo "import $(sha256sum | cut -d' ' -f1)" >>"$CKS_FAKE_CTR_LOG" ;;
+  "content ls") ;;
+  "images import") echo "import $(tee "${CKS_FAKE_CTR_SAVE:-/dev/null}" | sha256sum | cut -d' ' -f1)" >>"$CKS_FAKE_CTR_LOG" ;;
   *) echo "fake ctr: unexpected arguments: $*" >&2; exit 1 ;;
 esac
 "#;
@@ -68,6 +71,8 @@ struct Bundles {
     /// Every file a user-space install of the good ISO writes (path under the root → sha256),
     /// made on the host with the same agent: the oracle for the guest's kernel-path install.
     host_install: BTreeMap<String, String>,
+    /// The fake ctr's log of that install: one `import <sha256>` line.
+    host_imports: Vec<String>,
     /// Scratch space of this test binary.
     work: PathBuf,
     /// The kernel, QEMU, busybox and the agent to boot.
@@ -128,7 +133,7 @@ fn bundles() -> &'static Bundles {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let host_install = install_on_host(&output.iso, &work);
+        let (host_install, host_imports) = install_on_host(&output.iso, &work, &output.manifest);
         let assets = Assets::locate(&work);
         Bundles {
             good: output.iso,
@@ -136,6 +141,7 @@ fn bundles() -> &'static Bundles {
             config_drive,
             manifest: output.manifest,
             host_install,
+            host_imports,
             work,
             assets,
         }
@@ -163,8 +169,14 @@ fn work_dir() -> PathBuf {
 }
 
 /// `cks-agent install --mount user-space` of `iso` into a fresh root on the host: every file
-/// written (journal excepted, it records times and the bundle's location) with its digest.
-fn install_on_host(iso: &Path, work: &Path) -> BTreeMap<String, String> {
+/// written (journal excepted, it records times and the bundle's location) with its digest, and
+/// the fake ctr's log, after checking that the one archive imported holds every blob of the
+/// bundle, byte for byte.
+fn install_on_host(
+    iso: &Path,
+    work: &Path,
+    manifest: &BundleManifest,
+) -> (BTreeMap<String, String>, Vec<String>) {
     let root = work.join("host-root");
     std::fs::create_dir_all(&root).expect("mkdir");
     let ctr = work.join("fake-ctr");
@@ -180,6 +192,7 @@ fn install_on_host(iso: &Path, work: &Path) -> BTreeMap<String, String> {
         .arg("--ctr")
         .arg(&ctr)
         .env("CKS_FAKE_CTR_LOG", work.join("host-ctr.log"))
+        .env("CKS_FAKE_CTR_SAVE", work.join("host-import.tar"))
         .output()
         .expect("run cks-agent");
     assert!(
@@ -203,7 +216,29 @@ fn install_on_host(iso: &Path, work: &Path) -> BTreeMap<String, String> {
         }
     }
     files.retain(|path, _| !is_journal(path));
-    files
+
+    let imported = std::fs::read(work.join("host-import.tar")).expect("imported archive");
+    let mut blobs = BTreeMap::new();
+    for entry in tar::Archive::new(&imported[..]).entries().expect("tar") {
+        let mut entry = entry.expect("entry");
+        let path = entry.path().expect("path").to_string_lossy().into_owned();
+        if let Some(hex) = path.strip_prefix("blobs/sha256/") {
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).expect("read");
+            assert_eq!(Sha256Digest::of(&content).hex(), hex, "blob {hex}");
+            blobs.insert(hex.to_string(), content.len() as u64);
+        }
+    }
+    let expected: BTreeMap<String, u64> = manifest
+        .blobs
+        .iter()
+        .map(|b| (b.digest.hex().to_string(), b.size))
+        .collect();
+    assert_eq!(blobs, expected, "a fresh node imports every blob");
+    let log = std::fs::read_to_string(work.join("host-ctr.log")).expect("host ctr log");
+    let imports: Vec<String> = log.lines().map(str::to_string).collect();
+    assert_eq!(imports.len(), 1, "{imports:?}");
+    (files, imports)
 }
 
 /// The journal records times and where the bundle was (a device in the guest, a file on the
@@ -604,13 +639,7 @@ fn cdrom_bundle_is_found_by_label_kernel_mounted_verified_and_installed_in_a_vm(
         report.files.keys()
     );
 
-    // Images: every archive streamed to `ctr images import -`, byte for byte.
-    let archives: Vec<String> = manifest
-        .files
-        .iter()
-        .filter(|f| f.kind == FileKind::ImageArchive)
-        .map(|f| format!("import {}", f.sha256.hex()))
-        .collect();
-    assert!(!archives.is_empty());
-    assert_eq!(report.ctr, archives);
+    // Images: the archive streamed to `ctr images import -`, byte for byte the one a user-space
+    // install on the host streams (which holds every blob of the bundle).
+    assert_eq!(report.ctr, bundles.host_imports);
 }
