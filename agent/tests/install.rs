@@ -1147,3 +1147,30 @@ fn flip_blob_byte(tree: &Path, digest: &Sha256Digest) {
     archive[offset as usize + 20] ^= 0x01;
     std::fs::write(&path, &archive).expect("write");
 }
+
+#[test]
+fn blob_changed_while_streaming_leaves_no_image_in_a_real_containerd() {
+    use cks_agent::images::{CtrImageStore, ImagesError, import_prepared, prepare_import};
+    let Some(containerd) = PrivateContainerd::start() else {
+        return;
+    };
+    let bundle = release_bundle("1.33.1");
+    let source = cks_proto::verify::DirBundle::new(&bundle.tree);
+    let manifest = read_manifest(&bundle.tree);
+    let store = CtrImageStore::new(which("ctr").expect("ctr"), containerd.socket.clone());
+    let prepared = prepare_import(&source, &manifest, &store).expect("verified");
+
+    // The bundle changes between verification and import (the last blob in the archive, so
+    // that ctr has ingested the others by then).
+    let last = manifest.blobs.last().expect("blobs").digest.clone();
+    flip_blob_byte(&bundle.tree, &last);
+    let err = import_prepared(&source, &prepared, &store).expect_err("changed");
+    match &err {
+        ImagesError::ContentChanged { source, .. } => assert_eq!(source.digest, last),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        containerd.image_digests().is_empty(),
+        "ctr got a truncated archive without index.json: no image"
+    );
+}

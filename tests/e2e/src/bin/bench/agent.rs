@@ -5,7 +5,9 @@
 //! * agent binary size (goal ≤ 15 MB) and idle RSS while connected to a controller (≤ 20 MB).
 //!
 //! Every measurement uses a fresh private containerd, except the upgrade one, which runs on the
-//! node the first bundle was installed on.
+//! node the first bundle was installed on. What each import sent to containerd (from the
+//! journal's `images.import` record) is printed beside the times: the upgrade should send only
+//! the new image's manifest, config and own layers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +36,8 @@ pub fn run(agent: &Path, bundles: &Bundles<'_>, work: &Path, runs: usize) -> Res
     let mut floor = Vec::new();
     let mut cold_upgrade = Vec::new();
     let mut warm_upgrade = Vec::new();
+    let mut warm_sent = String::new();
+    let mut cold_sent = String::new();
     for i in 0..runs {
         // Interleaved, so both sides see the same machine noise.
         let ctrd = Containerd::start()?;
@@ -44,6 +48,7 @@ pub fn run(agent: &Path, bundles: &Bundles<'_>, work: &Path, runs: usize) -> Res
         let root = work.join(format!("node-{i}"));
         install.push(agent_install(&agent, bundles.tree, &root, &ctrd)?);
         warm_upgrade.push(agent_install(&agent, bundles.upgrade_tree, &root, &ctrd)?);
+        warm_sent = images_import_record(&root)?;
         drop(ctrd);
 
         let ctrd = Containerd::start()?;
@@ -54,6 +59,7 @@ pub fn run(agent: &Path, bundles: &Bundles<'_>, work: &Path, runs: usize) -> Res
             &cold_root,
             &ctrd,
         )?);
+        cold_sent = images_import_record(&cold_root)?;
         drop(ctrd);
     }
     let (install, floor) = (median(install), median(floor));
@@ -78,6 +84,8 @@ pub fn run(agent: &Path, bundles: &Bundles<'_>, work: &Path, runs: usize) -> Res
         "upgrade install on a fresh node       {:>9.3} s",
         cold_upgrade.as_secs_f64()
     );
+    println!("  same node:  {warm_sent}");
+    println!("  fresh node: {cold_sent}");
     println!(
         "agent binary, stripped as shipped     {:>9.1} MB",
         size as f64 / 1e6
@@ -146,6 +154,20 @@ fn bundle_files(tree: &Path) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The detail of the `images.import` step in the journal of the node at `root` (what was
+/// imported and sent).
+fn images_import_record(root: &Path) -> Result<String> {
+    let path = root.join("var/lib/cks-agent/journal.json");
+    let journal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("{path:?}"))?)?;
+    journal["bundle"]["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["step"] == "images.import"))
+        .and_then(|s| s["detail"].as_str())
+        .map(str::to_string)
+        .context("no images.import step in the journal")
 }
 
 fn agent_install(agent: &Path, tree: &Path, root: &Path, ctrd: &Containerd) -> Result<Duration> {
