@@ -42,7 +42,7 @@ use vm::{Assets, BootSpec, Guest, Initramfs};
 /// The agent's exit code for a refused bundle (`cks-agent --help`).
 const EXIT_BUNDLE_REFUSED: &str = "3";
 /// The fake kubelet's content in the fixtures' amd64 release; corrupted in the bad ISO.
-const KUBELET_MARKER: &[u8] = b"echo kubelet v1.33.1 amd64";
+const KUBELET_MARKER: &[u8] = b"# kubelet v1.33.1 linux/amd64";
 
 /// Stands in for containerd's `ctr` (the agent calls `ctr -a SOCK -n k8s.io images ls`,
 /// `… content ls -q` and `… images import -`); keeps a copy of the imported archive when
@@ -110,7 +110,7 @@ fn bundles() -> &'static Bundles {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(at.len(), 1, "the fake kubelet's bytes once in the ISO");
-        bytes[at[0] + 5] ^= 0x20; // "kubelet" → "Kubelet"
+        bytes[at[0] + 2] ^= 0x20; // "kubelet" → "Kubelet"
         std::fs::write(&corrupt, bytes).expect("write corrupt ISO");
 
         let config_drive = work.join("config-drive.iso");
