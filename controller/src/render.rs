@@ -186,12 +186,19 @@ pub async fn cluster_object(ctx: &Context, cluster: &ClusterRecord) -> Result<Va
         out["failure"] = json!(failure);
     }
     if let Some(workflow) = ctx.store.latest_workflow(&cluster.id)? {
-        let current = workflow
-            .steps
-            .iter()
-            .rev()
-            .find(|s| s.status != StepStatus::Done)
-            .or(workflow.steps.last());
+        // The step being worked on; once the operation ended, the step it failed in (if any).
+        let current = match workflow.status {
+            crate::store::WorkflowStatus::Running => workflow
+                .steps
+                .iter()
+                .rev()
+                .find(|s| s.status != StepStatus::Done)
+                .or(workflow.steps.last()),
+            _ => workflow
+                .steps
+                .iter()
+                .find(|s| s.status == StepStatus::Failed),
+        };
         let steps: Vec<Value> = workflow
             .steps
             .iter()

@@ -78,8 +78,9 @@ const RESTART_DELAY: Duration = Duration::from_secs(5);
 const CONTAINERD_READY: Duration = Duration::from_secs(20);
 /// The volume id the agent looks for (contract 1).
 const BUNDLE_LABEL: &str = "CDROM";
-/// Longest unix socket path (`sun_path` is 108 bytes with the terminating NUL).
-const MAX_SOCKET_PATH: usize = 107;
+/// Longest unix socket path containerd accepts (it refuses paths over 104 bytes, below
+/// `sun_path`'s 108).
+const MAX_SOCKET_PATH: usize = 104;
 /// The system part of a node's `PATH`.
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -240,10 +241,9 @@ impl ProcessRunner {
         if let Some(bad) = config.egress.iter().find(|e| !e.ip().is_loopback()) {
             return Err(NodesError::EgressNotLoopback(*bad));
         }
-        let longest = state_dir
-            .join("vms")
-            .join(uuid::Uuid::nil().to_string())
-            .join("root/run/containerd/containerd.sock.ttrpc");
+        let longest = NodeDirs::new(&state_dir, &uuid::Uuid::nil().to_string())
+            .containerd_socket()
+            .with_extension("sock.ttrpc");
         if longest.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(NodesError::StateDirTooLong(state_dir));
         }
@@ -540,16 +540,21 @@ struct NodeDirs {
     dev: PathBuf,
     sys: PathBuf,
     logs: PathBuf,
+    /// containerd's sockets: a short path of its own (`<state>/s/<12 hex of the VM id>`), as
+    /// unix socket paths are limited to about 104 bytes.
+    sockets: PathBuf,
 }
 
 impl NodeDirs {
     fn new(state_dir: &Path, vm_id: &str) -> Self {
         let vm = state_dir.join("vms").join(vm_id);
+        let short: String = vm_id.chars().filter(|c| *c != '-').take(12).collect();
         NodeDirs {
             root: vm.join("root"),
             dev: vm.join("dev"),
             sys: vm.join("sys"),
             logs: vm.join("logs"),
+            sockets: state_dir.join("s").join(short),
             vm,
         }
     }
@@ -559,7 +564,7 @@ impl NodeDirs {
     }
 
     fn containerd_socket(&self) -> PathBuf {
-        self.root.join("run/containerd/containerd.sock")
+        self.sockets.join("containerd.sock")
     }
 
     fn containerd_config(&self) -> PathBuf {
@@ -582,6 +587,9 @@ struct Running {
     net: Option<NodeNet>,
     /// The VM's host name.
     hostname: String,
+    /// The default NIC's address, when the node has its own namespace: what kubeadm finds on
+    /// the default route of a real VM (`KUBESIM_ADVERTISE_ADDRESS`).
+    address: Option<String>,
     /// Programs to start again, and when (systemd's `Restart=` as the template's units say).
     restarts: Vec<(Program, Instant)>,
 }
@@ -676,10 +684,12 @@ impl Worker {
                 }
                 Op::Destroy => {
                     self.halt();
-                    if let Err(err) = std::fs::remove_dir_all(&self.dirs.vm)
-                        && err.kind() != io::ErrorKind::NotFound
-                    {
-                        tracing::error!(vm = %self.vm_id, error = %err, "cannot remove the node's disk");
+                    for dir in [&self.dirs.vm, &self.dirs.sockets] {
+                        if let Err(err) = std::fs::remove_dir_all(dir)
+                            && err.kind() != io::ErrorKind::NotFound
+                        {
+                            tracing::error!(vm = %self.vm_id, error = %err, "cannot remove the node's disk");
+                        }
                     }
                     tracing::info!(vm = %self.vm_id, "node destroyed");
                     return;
@@ -776,15 +786,18 @@ impl Worker {
     fn boot(&mut self, spec: &NodeSpec) -> Result<(), BootError> {
         let dirs = &self.dirs;
         let run_dir = dirs.root.join("run");
-        match std::fs::remove_dir_all(&run_dir) {
-            Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                return Err(BootError::Prepare(run_dir, err));
+        for stale in [&run_dir, &dirs.sockets] {
+            match std::fs::remove_dir_all(stale) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                    return Err(BootError::Prepare(stale.clone(), err));
+                }
+                _ => {}
             }
-            _ => {}
         }
         for dir in [
             &dirs.root,
             &run_dir,
+            &dirs.sockets,
             &dirs.root.join("root"),
             &dirs.dev.join("disk/by-label"),
             &dirs.sys.join("class/block"),
@@ -824,6 +837,10 @@ impl Worker {
         };
         self.running = Some(Running {
             tree: ProcessTree::new(marker(&self.shared.prefix, &self.vm_id), inode),
+            address: net
+                .as_ref()
+                .and(spec.nics.first())
+                .map(|nic| nic.ip.clone()),
             net,
             hostname: spec.name.clone(),
             restarts: Vec::new(),
@@ -869,6 +886,9 @@ impl Worker {
                 std::env::var("CLOUDSIM_NODE_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null());
+        if let Some(address) = self.running.as_ref().and_then(|r| r.address.as_ref()) {
+            cmd.env("KUBESIM_ADVERTISE_ADDRESS", address);
+        }
         cmd
     }
 

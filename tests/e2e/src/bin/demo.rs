@@ -77,7 +77,10 @@ fn main() -> Result<()> {
     let agent = program("cks-agent")?;
     let cloudsim = program("cloudsim")?;
     let controller = program("cks-controller")?;
-    for dir in ["cloudsim", "controller", "logs"] {
+    // The simulator's VM dirs hold unix sockets (107-byte limit): keep its state path short.
+    let sim_state = std::env::temp_dir().join("cks-demo-cloudsim");
+    let _ = std::fs::remove_dir_all(&sim_state);
+    for dir in ["controller", "logs"] {
         let _ = std::fs::remove_dir_all(out.join(dir));
     }
     std::fs::create_dir_all(out.join("logs"))?;
@@ -101,7 +104,7 @@ fn main() -> Result<()> {
         Command::new(&cloudsim)
             .args(["--listen", CLOUDSIM_ADDR, "--job-millis", "200"])
             .arg("--state")
-            .arg(out.join("cloudsim"))
+            .arg(&sim_state)
             .args(["--api-key", &keys.0, "--secret-key", &keys.1])
             .arg("--agent")
             .arg(&agent)

@@ -618,11 +618,26 @@ fn find_join_cluster(
     token: &str,
     hashes: &[String],
 ) -> Result<(ClusterDir, ClusterState), Failure> {
-    let candidates: Vec<(ClusterDir, ClusterState)> = ClusterDir::all(&env.cluster)
+    let all: Vec<(ClusterDir, ClusterState)> = ClusterDir::all(&env.cluster)
         .into_iter()
         .filter_map(|d| d.read_state().ok().map(|s| (d, s)))
-        .filter(|(_, s)| s.endpoint == endpoint)
         .collect();
+    let mut candidates: Vec<(ClusterDir, ClusterState)> = all
+        .iter()
+        .filter(|(_, s)| s.endpoint == endpoint)
+        .cloned()
+        .collect();
+    // Not the control-plane endpoint: a control-plane node's own API server (CKS joins through
+    // the first control node's address). Real kubeadm fetches cluster-info from whatever
+    // answers there and recognises the cluster by the token's signature; the stand-in needs a
+    // listener there, then lets the token and the CA hash pick the cluster.
+    if candidates.is_empty()
+        && endpoint
+            .parse::<SocketAddr>()
+            .is_ok_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok())
+    {
+        candidates = all;
+    }
     if candidates.is_empty() {
         return fail(format!(
             "error execution phase preflight: couldn't validate the identity of the API Server: Get \"https://{endpoint}/api/v1/namespaces/kube-public/configmaps/cluster-info?timeout=10s\": dial tcp {endpoint}: connect: connection refused"
