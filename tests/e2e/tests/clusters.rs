@@ -246,14 +246,31 @@ async fn a_private_registry_reaches_every_node_and_its_password_nothing_else() {
     );
     for vm in cluster["virtualmachines"].as_array().unwrap() {
         let node = stack.sim.node(vm["id"].as_str().unwrap()).unwrap();
-        // containerd on the node knows the mirror and the credentials ...
+        // containerd on the node knows the registry and its credentials (hosts.toml, 0600) ...
         let config = std::fs::read_to_string(node.root.join("etc/containerd/config.toml"))
             .unwrap_or_default();
         assert!(
-            config.contains("registry.example.internal:5000"),
-            "no mirror on {}: {config}",
+            config.contains("config_path"),
+            "no config_path on {}: {config}",
             vm["name"]
         );
+        let hosts = node
+            .root
+            .join("etc/containerd/certs.d/registry.example.internal:5000/hosts.toml");
+        let text = std::fs::read_to_string(&hosts).unwrap();
+        assert!(
+            text.contains("server = \"https://registry.example.internal:5000\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("Authorization"),
+            "no credentials on {}",
+            vm["name"]
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&hosts).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
         // ... and no log holds the password, nor does the VM's userdata.
         for entry in std::fs::read_dir(&node.log_dir).unwrap() {
             let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
