@@ -287,3 +287,91 @@ async fn a_private_registry_reaches_every_node_and_its_password_nothing_else() {
     delete_and_check_nothing_is_left(&stack, &id).await;
     stack.stop().await;
 }
+
+/// `cs` as a person would run it against the controller; returns its parsed stdout.
+fn cs(stack: &Stack, keys: &cloudsim::Keys, args: &[&str]) -> Value {
+    let bin = cks_fixtures::tools::cs_binary(stack.dir.path()).unwrap();
+    let output = std::process::Command::new(bin)
+        .args(args)
+        .env_clear()
+        .env("HOME", stack.dir.path())
+        .env("PATH", "/usr/bin:/bin")
+        .env(
+            "CLOUDSTACK_ENDPOINT",
+            format!("http://{}/client/api", stack.api_addr()),
+        )
+        .env("CLOUDSTACK_KEY", &keys.api_key)
+        .env("CLOUDSTACK_SECRET", &keys.secret_key)
+        .env("CLOUDSTACK_METHOD", "post")
+        .env("CLOUDSTACK_TIMEOUT", "600")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "cs {args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_unmodified_python_cs_client_creates_uses_and_deletes_a_cluster() {
+    if !nodes_possible("cluster end to end with cs") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start(&Programs::beside_test().unwrap())
+        .await
+        .unwrap();
+    let version = stack.add_version(&isos()[0]).await.unwrap();
+    let (zone, offering) = stack.zone_and_offering().await.unwrap();
+    let user = stack.sim.user_keys().clone();
+    let stack = std::sync::Arc::new(stack);
+    let (s, u) = (stack.clone(), user.clone());
+    // cs waits for the async job itself (queryAsyncJobResult), as it does with CloudStack.
+    let created = tokio::task::spawn_blocking(move || {
+        cs(
+            &s,
+            &u,
+            &[
+                "createKubernetesCluster",
+                "name=from-cs",
+                &format!("zoneid={zone}"),
+                &format!("kubernetesversionid={version}"),
+                &format!("serviceofferingid={offering}"),
+                "size=1",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let cluster = &created["kubernetescluster"];
+    assert_eq!(cluster["state"], "Running", "{created:#}");
+    let id = cluster["id"].as_str().unwrap().to_string();
+    let (s, u, i) = (stack.clone(), user.clone(), id.clone());
+    let config = tokio::task::spawn_blocking(move || {
+        cs(&s, &u, &["getKubernetesClusterConfig", &format!("id={i}")])
+    })
+    .await
+    .unwrap();
+    let path = stack.dir.path().join("cs.kubeconfig");
+    std::fs::write(
+        &path,
+        config["clusterconfig"]["configdata"].as_str().unwrap(),
+    )
+    .unwrap();
+    let ready = tokio::task::spawn_blocking(move || ready_nodes(path))
+        .await
+        .unwrap();
+    assert_eq!(ready.len(), 2, "{ready:?}");
+    let (s, u, i) = (stack.clone(), user.clone(), id.clone());
+    let deleted = tokio::task::spawn_blocking(move || {
+        cs(&s, &u, &["deleteKubernetesCluster", &format!("id={i}")])
+    })
+    .await
+    .unwrap();
+    assert_eq!(deleted["success"], true, "{deleted:#}");
+    let stack = std::sync::Arc::into_inner(stack).unwrap();
+    stack.stop().await;
+}
