@@ -25,10 +25,11 @@ pub struct ClientArgs {
     /// API key
     #[arg(long, env = "CLOUDSTACK_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Secret key (prefer the environment variable: arguments are visible to other users)
-    #[arg(long, env = "CLOUDSTACK_SECRET", hide_env_values = true)]
-    pub secret_key: Option<String>,
 }
+
+/// The secret key comes from the environment only (`CLOUDSTACK_SECRET`, as for `cs`): process
+/// arguments are visible to every user of the machine.
+pub const ENV_SECRET: &str = "CLOUDSTACK_SECRET";
 
 /// Supported versions.
 #[derive(Debug, Subcommand)]
@@ -117,10 +118,11 @@ pub enum ClusterCommand {
 }
 
 fn client(args: &ClientArgs) -> Result<CloudStackClient> {
-    let (Some(key), Some(secret)) = (&args.api_key, &args.secret_key) else {
-        bail!("set CLOUDSTACK_KEY and CLOUDSTACK_SECRET (or --api-key/--secret-key)");
+    let secret = std::env::var(ENV_SECRET).ok().filter(|s| !s.is_empty());
+    let (Some(key), Some(secret)) = (&args.api_key, secret) else {
+        bail!("set CLOUDSTACK_KEY (or --api-key) and {ENV_SECRET} in the environment");
     };
-    let mut config = ClientConfig::new(args.endpoint.clone(), key.clone(), secret.clone());
+    let mut config = ClientConfig::new(args.endpoint.clone(), key.clone(), secret);
     config.rate_limit = None;
     Ok(CloudStackClient::new(config)?)
 }

@@ -94,7 +94,6 @@ fn main() -> Result<()> {
     }
 
     let mut services = Services::default();
-    let keys = (random_hex(16), random_hex(32));
     step(&format!(
         "starting cloudsim on {CLOUDSIM_ADDR} (VMs run cks-agent in network namespaces)"
     ));
@@ -105,7 +104,6 @@ fn main() -> Result<()> {
             .args(["--listen", CLOUDSIM_ADDR, "--job-millis", "200"])
             .arg("--state")
             .arg(&sim_state)
-            .args(["--api-key", &keys.0, "--secret-key", &keys.1])
             .arg("--agent")
             .arg(&agent)
             .arg("--kubesim-bin")
@@ -113,6 +111,8 @@ fn main() -> Result<()> {
             .args(["--egress", AGENTS_ADDR]),
     )?;
     wait_http(CLOUDSIM_ADDR)?;
+    // cloudsim generates the admin's keys and prints them (never on a command line).
+    let keys = read_keys(&out.join("logs/cloudsim.log"))?;
     step(&format!(
         "starting cks-controller on {API_ADDR} (agents on {AGENTS_ADDR})"
     ));
@@ -410,11 +410,24 @@ fn wait_http(addr: &str) -> Result<()> {
     bail!("nothing listens on {addr} after 30 s; see the logs in out/demo/logs")
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+/// The admin's keys from cloudsim's start-up lines (`admin api key:`, `admin secret key:`).
+fn read_keys(log: &Path) -> Result<(String, String)> {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let find = |label: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(label))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(key), Some(secret)) = (find("admin api key:"), find("admin secret key:")) {
+            return Ok((key, secret));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "cloudsim did not print the admin's keys; see {}",
+        log.display()
+    )
 }
 
 fn run(program: &Path, args: &[&str]) -> Result<()> {
