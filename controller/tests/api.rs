@@ -348,6 +348,7 @@ async fn users_see_and_delete_only_their_own_clusters() {
     assert_eq!(seen["count"], 1);
     assert_eq!(seen["kubernetescluster"][0]["id"], users.as_str());
     assert_eq!(seen["kubernetescluster"][0]["account"], "user");
+    assert_eq!(seen["kubernetescluster"][0]["domain"], "ROOT");
     api_error(
         env.user
             .call("getKubernetesClusterConfig", &[("id", &admins)])

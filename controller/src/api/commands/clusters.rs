@@ -46,11 +46,25 @@ fn cloud_error(err: &CloudStackError) -> ApiError {
 /// The owner of a new cluster: the caller, or (root admins) `account` + `domainid`.
 async fn owner(api: &Api, caller: &Caller, params: &Params) -> Result<Owner, ApiError> {
     let Some(account) = params.get("account") else {
+        // The domain's name, for responses (`domain`); not worth failing a create over.
+        let domain = api
+            .ctx
+            .cloud
+            .client()
+            .list_all::<crate::cloudstack::types::Account>(&[
+                ("id", &caller.account_id),
+                ("listall", "true"),
+            ])
+            .await
+            .ok()
+            .and_then(|accounts| accounts.into_iter().next())
+            .and_then(|a| a.domain)
+            .unwrap_or_default();
         return Ok(Owner {
             account: caller.account.clone(),
             account_id: caller.account_id.clone(),
             domain_id: caller.domain_id.clone(),
-            domain: String::new(),
+            domain,
             user_id: caller.user_id.clone(),
         });
     };
