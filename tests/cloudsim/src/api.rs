@@ -1,5 +1,7 @@
 //! The HTTP layer: `/client/api` (authentication, faults, dispatch, response shapes) and the
-//! `/sim/faults` control endpoint.
+//! control endpoints for tests: `/sim/faults` (GET the configuration and log, POST a new
+//! configuration) and `/sim/external-lb` (GET the list, POST to add one, DELETE to remove one;
+//! see [`crate::external_lb`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use time::OffsetDateTime;
 use crate::Inner;
 use crate::commands::{self, Background, Caller, Ctx, NodeAction, Params};
 use crate::error::ApiError;
+use crate::external_lb::{ExternalLbAddress, ExternalLbRequest};
 use crate::faults::FaultConfig;
 use crate::model::{Db, IsoStatus};
 use crate::{download, jobs, signing, store};
@@ -24,6 +27,12 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/client/api", any(client_api))
         .route("/sim/faults", get(get_faults).post(set_faults))
+        .route(
+            "/sim/external-lb",
+            get(list_external_lbs)
+                .post(post_external_lb)
+                .delete(delete_external_lb),
+        )
         .with_state(inner)
 }
 
@@ -131,6 +140,7 @@ async fn client_api(
             params: &params,
             command: &command,
             decision: &decision,
+            faults: &inner.faults,
             is_get: method == Method::GET,
             background: Vec::new(),
             node_actions: Vec::new(),
@@ -153,7 +163,14 @@ async fn client_api(
     }
     match result {
         Ok(outcome) if decision.lose_response => {
-            tracing::warn!(%command, body = %outcome.body(), "response lost after acting");
+            // Bodies can hold secrets (private keys, API keys): log what the client lost
+            // without them.
+            let keys: Vec<String> = outcome
+                .body()
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            tracing::warn!(%command, body_keys = ?keys, "response lost after acting");
             lost_response()
         }
         Ok(outcome) => json_response(200, &json!({ response_name: outcome.body() })),
@@ -164,6 +181,7 @@ async fn client_api(
 fn apply_node_actions(inner: &Inner, db: &Db, actions: Vec<NodeAction>) {
     for action in actions {
         let result = match &action {
+            NodeAction::Stop(vm) => inner.runner.stop(vm),
             NodeAction::Destroy(vm) => inner.runner.destroy(vm),
             NodeAction::SetIso(vm, iso) => inner.runner.set_iso(
                 vm,
@@ -254,6 +272,35 @@ async fn set_faults(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
             inner.faults().configure(config);
             json_response(200, &json!({ "ok": true }))
         }
+        Err(err) => json_response(400, &json!({ "error": err.to_string() })),
+    }
+}
+
+async fn list_external_lbs(State(inner): State<Arc<Inner>>) -> Response {
+    let lbs = inner.db().external_lbs.clone();
+    json_response(200, &json!({ "externalloadbalancers": lbs }))
+}
+
+async fn post_external_lb(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    let request = match serde_json::from_slice::<ExternalLbRequest>(&body) {
+        Ok(request) => request,
+        Err(err) => return json_response(400, &json!({ "error": err.to_string() })),
+    };
+    match crate::add_external_lb(&inner, &request) {
+        Ok(()) => json_response(200, &json!({ "ok": true })),
+        Err(err) => json_response(400, &json!({ "error": err.to_string() })),
+    }
+}
+
+async fn delete_external_lb(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<ExternalLbAddress>(&body) {
+        Ok(address) if crate::remove_external_lb(&inner, address) => {
+            json_response(200, &json!({ "ok": true }))
+        }
+        Ok(address) => json_response(
+            404,
+            &json!({ "error": format!("no external load balancer on {}:{}", address.ip, address.port) }),
+        ),
         Err(err) => json_response(400, &json!({ "error": err.to_string() })),
     }
 }

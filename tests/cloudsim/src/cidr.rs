@@ -1,7 +1,9 @@
-//! IPv4 CIDR arithmetic and guest IP allocation for isolated networks.
+//! IPv4 CIDR arithmetic and guest IP allocation.
 //!
-//! Like CloudStack, the first host address is the gateway; guests get the lowest free address
-//! after it; the network and broadcast addresses are never handed out.
+//! Like CloudStack, an isolated network's gateway is its first host address and guests get the
+//! lowest free address after it; a shared network has the gateway an admin gave and hands out
+//! addresses from its `startip`..`endip` range ([`Cidr::allocate_in`]). The network and
+//! broadcast addresses are never handed out.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -99,14 +101,37 @@ impl Cidr {
         u32::from(ip) & self.mask() == self.network
     }
 
-    /// Allocates a guest address: `requested` when given and free, else the lowest free one.
+    /// The first and last host addresses (network and broadcast excluded).
+    pub fn hosts(&self) -> (Ipv4Addr, Ipv4Addr) {
+        (
+            Ipv4Addr::from(self.network + 1),
+            Ipv4Addr::from(self.broadcast() - 1),
+        )
+    }
+
+    /// Allocates a guest address: `requested` when given and free, else the lowest free one
+    /// after the gateway (the first host address).
     pub fn allocate(
         &self,
         used: &BTreeSet<Ipv4Addr>,
         requested: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, CidrError> {
-        let first = self.network + 2;
-        let last = self.broadcast() - 1;
+        let (_, last) = self.hosts();
+        self.allocate_in(used, requested, Ipv4Addr::from(self.network + 2), last)
+    }
+
+    /// Allocates a guest address between `first` and `last` (both included, and clipped to the
+    /// network's hosts): `requested` when given, inside and free, else the lowest free one.
+    /// `used` must hold the gateway when it lies in the range.
+    pub fn allocate_in(
+        &self,
+        used: &BTreeSet<Ipv4Addr>,
+        requested: Option<Ipv4Addr>,
+        first: Ipv4Addr,
+        last: Ipv4Addr,
+    ) -> Result<Ipv4Addr, CidrError> {
+        let first = u32::from(first).max(self.network + 1);
+        let last = u32::from(last).min(self.broadcast() - 1);
         if let Some(ip) = requested {
             let n = u32::from(ip);
             if !(first..=last).contains(&n) {
@@ -196,6 +221,27 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn ranges_are_clipped_to_the_network_and_skip_used_addresses() {
+        let cidr = Cidr::from_gateway_netmask("10.5.0.254", "255.255.255.0").unwrap();
+        assert_eq!(cidr.hosts(), (ip("10.5.0.1"), ip("10.5.0.254")));
+        let used = BTreeSet::from([ip("10.5.0.254"), ip("10.5.0.100")]);
+        let pick =
+            |requested| cidr.allocate_in(&used, requested, ip("10.5.0.100"), ip("10.5.0.101"));
+        assert_eq!(pick(None).unwrap(), ip("10.5.0.101"));
+        assert!(matches!(
+            pick(Some(ip("10.5.0.50"))),
+            Err(CidrError::OutOfRange { .. })
+        ));
+        let whole = cidr.allocate_in(&used, None, ip("0.0.0.0"), ip("255.255.255.255"));
+        assert_eq!(whole.unwrap(), ip("10.5.0.1"), "clipped to the hosts");
+        let full = BTreeSet::from([ip("10.5.0.100"), ip("10.5.0.101")]);
+        assert!(matches!(
+            cidr.allocate_in(&full, None, ip("10.5.0.100"), ip("10.5.0.101")),
+            Err(CidrError::Exhausted(_))
+        ));
     }
 
     #[test]

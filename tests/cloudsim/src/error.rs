@@ -60,6 +60,13 @@ impl ApiError {
         )
     }
 
+    /// A `ServerApiException` raised by a command class without a cause: `errorcode` as given,
+    /// `cserrorcode` 9999 (e.g. 535 `RESOURCE_ALLOCATION_ERROR` for an exceeded resource limit at
+    /// deploy, which `DeployVMCmd.create` rethrows this way).
+    pub fn server(code: u16, text: impl Into<String>) -> Self {
+        Self::new(code, Some(9999), text)
+    }
+
     /// 530 `CloudRuntimeException`.
     pub fn internal(text: impl Into<String>) -> Self {
         Self::new(530, Some(4250), text)

@@ -3,6 +3,10 @@
 //! Every decision draws from one seeded generator in request order, so a test that sends the
 //! same requests in the same order after setting the same seed sees the same faults. Every
 //! injected fault is logged (tracing `warn`) and kept in [`Faults::log`].
+//!
+//! Besides per-command faults, [`NeverBoot`] makes started VMs hang: the VM is Running in the
+//! API (its start job succeeds) but its node never boots, so its agent never starts, as with a
+//! template whose OS does not come up.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +26,48 @@ pub struct FaultConfig {
     /// When true, every VM start fails with 533 (insufficient capacity).
     #[serde(default)]
     pub capacity_exhausted: bool,
+    /// VMs that never boot.
+    #[serde(default)]
+    pub never_boot: Option<NeverBoot>,
+}
+
+/// Which started VMs never boot: each start (deploy, start, reboot) of a VM whose name matches
+/// `name_pattern` (every VM when absent) hangs with probability `rate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeverBoot {
+    /// Probability per start (default 1.0: every matching start hangs).
+    #[serde(default = "always")]
+    pub rate: f64,
+    /// A VM name pattern; `*` matches any run of characters (`worker-*`).
+    #[serde(default)]
+    pub name_pattern: Option<String>,
+}
+
+fn always() -> f64 {
+    1.0
+}
+
+/// Whether `name` matches `pattern`, where `*` matches any run of characters.
+pub fn glob_matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, rest) = match parts.split_first() {
+        Some(split) => split,
+        None => return name.is_empty(),
+    };
+    let Some(mut tail) = name.strip_prefix(first) else {
+        return false;
+    };
+    let Some((last, middle)) = rest.split_last() else {
+        return tail.is_empty();
+    };
+    for part in middle {
+        match tail.find(part) {
+            Some(at) => tail = &tail[at + part.len()..],
+            None => return false,
+        }
+    }
+    tail.ends_with(last)
 }
 
 /// Faults for one command.
@@ -74,8 +120,12 @@ pub struct FaultEvent {
     pub seq: u64,
     /// The API command.
     pub command: String,
-    /// `latency`, `error`, `lost_response`, `job_failure` or `capacity_exhausted`.
+    /// `latency`, `error`, `lost_response`, `job_failure`, `capacity_exhausted` or
+    /// `never_boot`.
     pub fault: String,
+    /// What the fault hit, when it is not the request itself (the VM name for `never_boot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// The fault layer's state.
@@ -143,14 +193,38 @@ impl Faults {
         decision
     }
 
+    /// Decides whether this start of VM `vm_name` (by `command`) never boots; a hit is logged.
+    pub fn never_boot(&mut self, command: &str, vm_name: &str) -> bool {
+        let Some(rule) = self.config.never_boot.clone() else {
+            return false;
+        };
+        if rule
+            .name_pattern
+            .as_deref()
+            .is_some_and(|pattern| !glob_matches(pattern, vm_name))
+        {
+            return false;
+        }
+        let hit = self.draw(rule.rate);
+        if hit {
+            self.record_on(command, "never_boot", Some(vm_name));
+        }
+        hit
+    }
+
     /// Records a fault that took effect later (e.g. capacity exhaustion inside a job).
     pub fn record(&mut self, command: &str, fault: &str) {
+        self.record_on(command, fault, None);
+    }
+
+    fn record_on(&mut self, command: &str, fault: &str, target: Option<&str>) {
         let seq = self.log.len() as u64;
-        tracing::warn!(command, fault, seq, "injecting fault");
+        tracing::warn!(command, fault, seq, target, "injecting fault");
         self.log.push(FaultEvent {
             seq,
             command: command.to_owned(),
             fault: fault.to_owned(),
+            target: target.map(str::to_owned),
         });
     }
 
@@ -193,6 +267,7 @@ mod tests {
                 job_failure_rate: 0.0,
             }],
             capacity_exhausted: false,
+            never_boot: None,
         }
     }
 
@@ -212,6 +287,57 @@ mod tests {
         assert!(first.contains(&true) && first.contains(&false));
         faults.configure(config(8));
         assert_ne!(pattern(&mut faults), first);
+    }
+
+    #[test]
+    fn glob_patterns_match_like_a_shell() {
+        for (pattern, name, matches) in [
+            ("*", "anything", true),
+            ("worker-*", "worker-3", true),
+            ("worker-*", "control-1", false),
+            ("*-node-*", "k8s-node-2", true),
+            ("k8s-*-1", "k8s-control-1", true),
+            ("k8s-*-1", "k8s-control-2", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "acb", false),
+        ] {
+            assert_eq!(glob_matches(pattern, name), matches, "{pattern} vs {name}");
+        }
+    }
+
+    #[test]
+    fn never_boot_hits_matching_names_deterministically() {
+        let mut faults = Faults::default();
+        let config = FaultConfig {
+            seed: 11,
+            never_boot: Some(NeverBoot {
+                rate: 0.5,
+                name_pattern: Some("worker-*".into()),
+            }),
+            ..FaultConfig::default()
+        };
+        let run = |faults: &mut Faults| -> Vec<bool> {
+            faults.configure(config.clone());
+            (0..24)
+                .map(|i| faults.never_boot("deployVirtualMachine", &format!("worker-{i}")))
+                .collect()
+        };
+        let first = run(&mut faults);
+        assert_eq!(run(&mut faults), first);
+        assert!(first.contains(&true) && first.contains(&false), "{first:?}");
+        assert!(!faults.never_boot("deployVirtualMachine", "control-1"));
+        let hits = first.iter().filter(|h| **h).count();
+        assert_eq!(faults.log().len(), hits);
+        assert_eq!(faults.log()[0].fault, "never_boot");
+        assert!(
+            faults.log()[0]
+                .target
+                .as_deref()
+                .unwrap()
+                .starts_with("worker-")
+        );
     }
 
     #[test]

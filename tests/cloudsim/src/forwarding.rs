@@ -15,6 +15,10 @@
 //!   `openfirewall=true`, the default, add that firewall rule); traffic from a node of the same
 //!   network (hairpin) is not subject to the ingress firewall;
 //! * only TCP is forwarded (UDP rules are listed but not served).
+//!
+//! An operator's load balancer outside CloudStack ([`crate::model::ExternalLb`], added with
+//! `SimHandle::add_external_lb`) is one more listener: its `ip:port` spread round-robin over the
+//! running targets' addresses on its network, open to every source.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -202,6 +206,32 @@ pub fn table(db: &Db) -> ForwardingTable {
             );
         }
     }
+    for lb in &db.external_lbs {
+        let Ok(ip) = lb.ip.parse::<Ipv4Addr>() else {
+            continue;
+        };
+        let addr = SocketAddrV4::new(ip, lb.port);
+        let backends = lb
+            .targets
+            .iter()
+            .filter_map(|vm| {
+                guest_ip(db, vm, Some(&lb.network_id)).map(|ip| Backend {
+                    vm_id: vm.clone(),
+                    addr: SocketAddrV4::new(ip, lb.target_port),
+                })
+            })
+            .collect();
+        listeners.insert(
+            addr,
+            PublicListener {
+                addr,
+                network_id: lb.network_id.clone(),
+                backends,
+                balance: Balance::RoundRobin,
+                allowed: SourceCidr::parse("0.0.0.0/0").into_iter().collect(),
+            },
+        );
+    }
     let source_nat = db
         .public_ips
         .iter()
@@ -249,6 +279,10 @@ mod tests {
             state,
             userdata: None,
             keypairs: Vec::new(),
+            ssh_public_keys: Vec::new(),
+            dynamically_scalable: true,
+            details: Default::default(),
+            never_boots: false,
             rootdisksize: None,
             iso_id: None,
             nics: vec![Nic {
@@ -375,6 +409,29 @@ mod tests {
         assert_eq!(listener.balance, Balance::RoundRobin);
         let members: Vec<_> = listener.backends.iter().map(|b| b.vm_id.as_str()).collect();
         assert_eq!(members, vec!["vm1", "vm2"], "vm3 is stopped");
+    }
+
+    #[test]
+    fn external_load_balancers_spread_over_running_targets_from_anywhere() {
+        let mut db = db(Vec::new());
+        db.external_lbs.push(crate::model::ExternalLb {
+            ip: "127.99.0.10".into(),
+            port: 6443,
+            network_id: "net".into(),
+            targets: vec!["vm1".into(), "vm3".into(), "vm2".into(), "gone".into()],
+            target_port: 16443,
+        });
+        let table = table(&db);
+        let lb = &table.listeners[0];
+        assert_eq!(lb.addr, addr("127.99.0.10:6443"));
+        assert_eq!(lb.balance, Balance::RoundRobin);
+        let backends: Vec<_> = lb.backends.iter().map(|b| b.addr).collect();
+        assert_eq!(
+            backends,
+            vec![addr("10.1.1.2:16443"), addr("10.1.1.3:16443")],
+            "vm3 is stopped, gone does not exist"
+        );
+        assert!(lb.admits(Ipv4Addr::new(192, 0, 2, 1)));
     }
 
     #[test]

@@ -4,6 +4,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 
+use crate::commands::limits::compute_usage;
+use crate::commands::network::addressing;
 use crate::commands::{render_vm, visible_iso_path};
 use crate::model::{Completion, Db, VmState};
 use crate::node::{NicSpec, NodeError, NodeRunner, NodeSpec};
@@ -62,33 +64,29 @@ pub(crate) fn node_spec(db: &Db, vm_id: &str) -> Option<NodeSpec> {
         nics: vm
             .nics
             .iter()
-            .map(|n| NicSpec {
-                network_id: n.network_id.clone(),
-                cidr: db
-                    .networks
-                    .iter()
-                    .find(|net| net.id == n.network_id)
-                    .map(|net| net.cidr.clone())
-                    .unwrap_or_default(),
-                ip: n.ip.clone(),
-                mac: n.mac.clone(),
+            .map(|n| {
+                let network = db.networks.iter().find(|net| net.id == n.network_id);
+                let addressing = network.and_then(addressing);
+                NicSpec {
+                    network_id: n.network_id.clone(),
+                    cidr: network.map(|net| net.cidr.clone()).unwrap_or_default(),
+                    gateway: addressing
+                        .map(|a| a.gateway.to_string())
+                        .unwrap_or_default(),
+                    ip: n.ip.clone(),
+                    mac: n.mac.clone(),
+                }
             })
             .collect(),
         iso: vm.iso_id.as_ref().and_then(|iso| visible_iso_path(db, iso)),
+        ssh_authorized_keys: vm.ssh_public_keys.clone(),
+        never_boots: vm.never_boots,
     })
 }
 
 /// A runner failure as a job error (530 with the whole cause chain, which never holds secrets).
 fn node_failure(err: &NodeError) -> (u16, String) {
     (530, crate::nodes::error_chain(err))
-}
-
-fn used_capacity(db: &Db, except: &str) -> (u64, u64) {
-    db.vms
-        .iter()
-        .filter(|v| v.id != except && v.state.uses_capacity())
-        .filter_map(|v| db.service_offerings.iter().find(|o| o.id == v.offering_id))
-        .fold((0, 0), |(c, m), o| (c + o.cpunumber, m + o.memory))
 }
 
 /// Applies the completion; `Ok(Some(result))` replaces the planned result with a fresh one.
@@ -107,8 +105,16 @@ fn apply(
     };
     let state = match completion {
         Completion::StartVm(_) => {
-            let (cpu, mem) = used_capacity(db, &vm_id);
+            if db
+                .vms
+                .iter()
+                .any(|v| v.id == vm_id && v.state == VmState::Destroyed)
+            {
+                return Err((530, format!("VM {vm_id} was destroyed before it started")));
+            }
             let vm = db.vms.iter().find(|v| v.id == vm_id);
+            let used = vm.map(|vm| compute_usage(db, Some(&vm.zone_id), Some(&vm_id)));
+            let (cpu, mem) = used.map_or((0, 0), |u| (u.cores, u.memory_mib));
             let offering =
                 vm.and_then(|vm| db.service_offerings.iter().find(|o| o.id == vm.offering_id));
             let zone = vm.and_then(|vm| db.zones.iter().find(|z| z.id == vm.zone_id));

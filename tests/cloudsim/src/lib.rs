@@ -28,6 +28,7 @@ pub mod cidr;
 pub mod commands;
 pub mod download;
 pub mod error;
+pub mod external_lb;
 pub mod faults;
 pub mod forwarding;
 pub mod jobs;
@@ -35,6 +36,7 @@ pub mod model;
 pub mod node;
 pub mod nodes;
 pub mod signing;
+pub mod sshkey;
 pub mod store;
 
 mod api;
@@ -50,7 +52,7 @@ use tokio::task::JoinHandle;
 
 use crate::faults::{FaultConfig, FaultEvent, Faults};
 use crate::model::{Db, VmState};
-use crate::node::{NodeInfo, NodeRunner, NoopRunner};
+use crate::node::{NodeError, NodeInfo, NodeRunner, NoopRunner};
 use crate::nodes::{NodesConfig, NodesError, ProcessRunner};
 use crate::store::{AdminKeys, StoreError};
 
@@ -355,6 +357,37 @@ fn restart_running_vms(inner: &Inner) {
     inner.commit(&db);
 }
 
+/// Validates and stores an external load balancer, then serves the new table.
+pub(crate) fn add_external_lb(
+    inner: &Inner,
+    request: &external_lb::ExternalLbRequest,
+) -> Result<(), external_lb::ExternalLbError> {
+    let mut db = inner.db();
+    let lb = external_lb::validate(&db, request)?;
+    tracing::info!(
+        ip = %lb.ip,
+        port = lb.port,
+        network = %lb.network_id,
+        targets = ?lb.targets,
+        target_port = lb.target_port,
+        "external load balancer added"
+    );
+    external_lb::upsert(&mut db, lb);
+    inner.commit(&db);
+    Ok(())
+}
+
+/// Removes an external load balancer and serves the new table.
+pub(crate) fn remove_external_lb(inner: &Inner, address: external_lb::ExternalLbAddress) -> bool {
+    let mut db = inner.db();
+    let removed = external_lb::remove(&mut db, address);
+    if removed {
+        tracing::info!(ip = %address.ip, port = address.port, "external load balancer removed");
+        inner.commit(&db);
+    }
+    removed
+}
+
 /// A running simulator; dropping it stops it, its nodes and its forwarders.
 pub struct SimHandle {
     addr: SocketAddr,
@@ -403,10 +436,68 @@ impl SimHandle {
         self.inner.db().clone()
     }
 
+    /// Adds an operator's load balancer outside CloudStack (replacing one on the same
+    /// `ip:port`): `ip:port` is served on the host and inside every node's namespace, and each
+    /// connection goes, round-robin, to the next running target's address on the targets'
+    /// network (the first target's default network; every target needs a NIC there), port
+    /// `target_port`. Targets that are not running are skipped; with none running, connections
+    /// are reset. `ip` must be in 127.0.0.0/8 and outside the zone's public range. Served only
+    /// with namespaced nodes, like public IPs. The load balancer is kept in the state, so it
+    /// survives a restart with the same state directory.
+    ///
+    /// # Errors
+    /// [`external_lb::ExternalLbError`] says what is wrong with the request.
+    pub fn add_external_lb(
+        &self,
+        ip: std::net::Ipv4Addr,
+        port: u16,
+        targets: Vec<String>,
+        target_port: u16,
+    ) -> Result<(), external_lb::ExternalLbError> {
+        add_external_lb(
+            &self.inner,
+            &external_lb::ExternalLbRequest {
+                ip,
+                port,
+                targets,
+                target_port,
+            },
+        )
+    }
+
+    /// Removes the external load balancer on `ip:port`; false when there was none.
+    pub fn remove_external_lb(&self, ip: std::net::Ipv4Addr, port: u16) -> bool {
+        remove_external_lb(&self.inner, external_lb::ExternalLbAddress { ip, port })
+    }
+
     /// What the node runner knows about VM `vm_id`'s node (root, logs, namespace, pids);
     /// `None` with records-only VMs or for a VM that never ran.
     pub fn node(&self, vm_id: &str) -> Option<NodeInfo> {
         self.inner.runner.inspect(vm_id)
+    }
+
+    /// Runs `program args` to its end inside VM `vm_id`'s running node, with the node's
+    /// environment and network namespace (see [`NodeRunner::exec`]); at most `timeout`.
+    ///
+    /// # Errors
+    /// The node does not run, or the program could not run or ran out of time.
+    pub async fn node_exec(
+        &self,
+        vm_id: &str,
+        program: impl Into<PathBuf>,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<std::process::Output, NodeError> {
+        let runner = self.inner.runner.clone();
+        let (vm, program) = (vm_id.to_owned(), program.into());
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || runner.exec(&vm, &program, &args, timeout))
+            .await
+            .map_err(|e| NodeError::Io {
+                vm_id: vm_id.to_owned(),
+                action: "run a command",
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// Stops serving, waits for the server task to end, then stops every node.

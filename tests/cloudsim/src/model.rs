@@ -1,8 +1,14 @@
 //! The simulator's durable state: every CloudStack entity it knows, serialised as one JSON
 //! document (`state.json` in the state directory).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+fn yes() -> bool {
+    true
+}
 
 /// A virtual machine's lifecycle state, named as CloudStack names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,12 +77,21 @@ pub struct User {
     pub username: String,
     /// Owning account's id.
     pub account_id: String,
-    /// API key.
+    /// API key; empty until `registerUserKeys` gives the user keys.
     pub api_key: String,
-    /// Secret key.
+    /// Secret key; empty with the API key.
     pub secret_key: String,
     /// Creation time.
     pub created: String,
+    /// First name (seeded users: the user name).
+    #[serde(default)]
+    pub firstname: Option<String>,
+    /// Last name.
+    #[serde(default)]
+    pub lastname: Option<String>,
+    /// E-mail address.
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 /// An availability zone.
@@ -109,6 +124,9 @@ pub struct ServiceOffering {
     pub cpuspeed: u64,
     /// Memory in MiB.
     pub memory: u64,
+    /// Whether VMs of this offering may be scaled while running (`dynamicscalingenabled`).
+    #[serde(default = "yes")]
+    pub dynamic_scaling: bool,
 }
 
 /// A VM template (always Ready in the simulator).
@@ -200,10 +218,32 @@ pub struct Network {
     pub guest_type: String,
     /// Guest CIDR.
     pub cidr: String,
+    /// The gateway, when an admin gave one (shared networks); else the CIDR's first address.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// The addresses guests get (`startip`..`endip` of a shared network); else the whole CIDR.
+    #[serde(default)]
+    pub ip_range: Option<IpRange>,
+    /// The VLAN of a shared network (`vlan://<id>`), as given.
+    #[serde(default)]
+    pub vlan: Option<String>,
+    /// A shared network for every account of the domain (`acltype=Domain`); otherwise only its
+    /// owner may use it.
+    #[serde(default)]
+    pub domain_wide: bool,
     /// `Allocated` until the first VM is deployed, then `Implemented`.
     pub state: String,
     /// Creation time.
     pub created: String,
+}
+
+/// The guest addresses of a shared network, both ends included.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpRange {
+    /// `startip`.
+    pub start: String,
+    /// `endip`.
+    pub end: String,
 }
 
 /// A VM's NIC on a guest network.
@@ -242,6 +282,20 @@ pub struct Vm {
     pub userdata: Option<String>,
     /// SSH key pair names.
     pub keypairs: Vec<String>,
+    /// The key pairs' public keys as they were at deploy (CloudStack keeps them with the VM, so
+    /// deleting a pair later does not change the VM).
+    #[serde(default)]
+    pub ssh_public_keys: Vec<String>,
+    /// Whether the VM may be scaled while running (`isdynamicallyscalable`).
+    #[serde(default = "yes")]
+    pub dynamically_scalable: bool,
+    /// `details[i].key=value` given at deploy or by `updateVirtualMachine`.
+    #[serde(default)]
+    pub details: BTreeMap<String, String>,
+    /// An injected fault: the VM runs in the API but its node never boots (see
+    /// `faults::NeverBoot`); decided at each start.
+    #[serde(default)]
+    pub never_boots: bool,
     /// Root disk size in GiB, when given.
     pub rootdisksize: Option<u64>,
     /// Attached ISO id.
@@ -380,6 +434,51 @@ pub struct Job {
     pub completion: Completion,
 }
 
+/// An SSH key pair of an account (only the public half is kept).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SshKeyPair {
+    /// UUID.
+    pub id: String,
+    /// Name, unique per account.
+    pub name: String,
+    /// Owner account id.
+    pub account_id: String,
+    /// The OpenSSH public key line.
+    pub public_key: String,
+    /// MD5 fingerprint of the key blob, `aa:bb:…`, as CloudStack shows it.
+    pub fingerprint: String,
+    /// Creation time.
+    pub created: String,
+}
+
+/// An account's limit on one resource type, when set by `updateResourceLimit` (the defaults
+/// are the `max.account.*` settings).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceLimit {
+    /// Account id.
+    pub account_id: String,
+    /// CloudStack's resource type number (0 user_vm, 1 public_ip, 8 cpu, 9 memory, …).
+    pub resource_type: u8,
+    /// The limit; -1 is unlimited.
+    pub max: i64,
+}
+
+/// An operator's load balancer outside CloudStack (a test hook, not an API entity): `ip:port`
+/// spread round-robin over the targets' addresses on `network_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalLb {
+    /// The address it listens on (in 127.0.0.0/8).
+    pub ip: String,
+    /// Its port.
+    pub port: u16,
+    /// The network whose addresses of the targets it forwards to.
+    pub network_id: String,
+    /// Target VM ids.
+    pub targets: Vec<String>,
+    /// The port on the targets.
+    pub target_port: u16,
+}
+
 /// A global setting.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Configuration {
@@ -426,4 +525,13 @@ pub struct Db {
     pub jobs: Vec<Job>,
     /// Global settings.
     pub configurations: Vec<Configuration>,
+    /// SSH key pairs.
+    #[serde(default)]
+    pub ssh_keypairs: Vec<SshKeyPair>,
+    /// Per-account resource limits set by an admin.
+    #[serde(default)]
+    pub resource_limits: Vec<ResourceLimit>,
+    /// External load balancers (test hook, see `SimHandle::add_external_lb`).
+    #[serde(default)]
+    pub external_lbs: Vec<ExternalLb>,
 }

@@ -4,7 +4,8 @@
 //! change of the network rules. [`NoopRunner`] keeps VMs as records only;
 //! [`crate::nodes::ProcessRunner`] runs each VM as a process tree with the real `cks-agent`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::forwarding::ForwardingTable;
 use crate::nodes::userdata::UserdataError;
@@ -23,6 +24,10 @@ pub struct NodeSpec {
     pub nics: Vec<NicSpec>,
     /// The attached ISO's downloaded file, if any.
     pub iso: Option<PathBuf>,
+    /// Public keys of the VM's SSH key pairs, for `/root/.ssh/authorized_keys`.
+    pub ssh_authorized_keys: Vec<String>,
+    /// Injected fault: the node never boots (nothing runs; see `faults::NeverBoot`).
+    pub never_boots: bool,
 }
 
 impl std::fmt::Debug for NodeSpec {
@@ -39,6 +44,8 @@ impl std::fmt::Debug for NodeSpec {
             )
             .field("nics", &self.nics)
             .field("iso", &self.iso)
+            .field("ssh_authorized_keys", &self.ssh_authorized_keys.len())
+            .field("never_boots", &self.never_boots)
             .finish()
     }
 }
@@ -48,8 +55,10 @@ impl std::fmt::Debug for NodeSpec {
 pub struct NicSpec {
     /// The guest network.
     pub network_id: String,
-    /// The network's CIDR (its first address is the gateway).
+    /// The network's CIDR.
     pub cidr: String,
+    /// The network's gateway (held by its router, the node's default route on its first NIC).
+    pub gateway: String,
     /// The NIC's address.
     pub ip: String,
     /// The NIC's MAC address.
@@ -105,6 +114,12 @@ pub enum NodeError {
         #[source]
         source: UserdataError,
     },
+    /// The node does not run (never started, stopped, or a records-only simulator).
+    #[error("node {vm_id} is not running")]
+    NotRunning {
+        /// VM id.
+        vm_id: String,
+    },
     /// The runner is shutting down.
     #[error("node {vm_id}: the simulator is shutting down")]
     ShutDown {
@@ -149,6 +164,25 @@ pub trait NodeRunner: Send + Sync + 'static {
     fn set_iso(&self, vm_id: &str, iso: Option<PathBuf>) -> Result<(), NodeError>;
     /// Serves `table` from now on (public IPs, port forwarding, load balancing).
     fn update_network(&self, _table: &ForwardingTable) {}
+    /// Runs `program args` to its end inside the running node: its network namespace, the
+    /// environment its own processes get (`KUBESIM_*`, `PATH` with the `systemctl` stand-in,
+    /// `HOSTNAME`) and its marker, so anything the program leaves running belongs to the node
+    /// and stops with it. Blocks for at most `timeout`. For tests and operators (`docker exec`
+    /// for a simulated VM).
+    ///
+    /// # Errors
+    /// [`NodeError::NotRunning`], or the program could not run or ran out of time.
+    fn exec(
+        &self,
+        vm_id: &str,
+        _program: &Path,
+        _args: &[String],
+        _timeout: Duration,
+    ) -> Result<std::process::Output, NodeError> {
+        Err(NodeError::NotRunning {
+            vm_id: vm_id.to_owned(),
+        })
+    }
     /// What the runner knows about a node, if it ever ran it.
     fn inspect(&self, _vm_id: &str) -> Option<NodeInfo> {
         None
@@ -193,6 +227,8 @@ mod tests {
             userdata: Some(b"enrollment_token = \"s3cr3t\"".to_vec()),
             nics: Vec::new(),
             iso: None,
+            ssh_authorized_keys: Vec::new(),
+            never_boots: false,
         };
         let printed = format!("{spec:?}");
         assert!(!printed.contains("s3cr3t"), "{printed}");

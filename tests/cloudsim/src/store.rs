@@ -120,6 +120,11 @@ pub fn load_or_seed(dir: Option<&Path>, keys: &AdminKeys) -> Result<Db, StoreErr
             let mut db: Db =
                 serde_json::from_str(&text).map_err(|source| StoreError::Parse { path, source })?;
             settle_after_restart(&mut db);
+            for config in default_configurations() {
+                if !db.configurations.iter().any(|c| c.name == config.name) {
+                    db.configurations.push(config);
+                }
+            }
             db
         }
         _ => seed_with(keys.public_cidr.as_deref().unwrap_or(DEFAULT_PUBLIC_CIDR)),
@@ -179,6 +184,85 @@ pub fn save(dir: &Path, db: &Db) -> Result<(), StoreError> {
     write().map_err(|source| StoreError::Write { path, source })
 }
 
+/// The global settings a fresh state has. A loaded state gets the ones it lacks (it was saved
+/// by an older simulator), so `updateConfiguration` finds them.
+pub fn default_configurations() -> Vec<Configuration> {
+    let config = |name: &str, value: &str, category: &str, description: &str| Configuration {
+        name: name.into(),
+        value: value.into(),
+        category: category.into(),
+        description: description.into(),
+    };
+    vec![
+        config(
+            "default.page.size",
+            "500",
+            "Advanced",
+            "Default page size for API list* commands",
+        ),
+        config(
+            "vm.userdata.max.length",
+            "32768",
+            "Advanced",
+            "Max length of vm userdata after base64 encoding",
+        ),
+        config(
+            "cloud.kubernetes.service.enabled",
+            "true",
+            "Advanced",
+            "Indicates whether Integrated Kubernetes Service plugin is enabled or not",
+        ),
+        config(
+            "allow.user.expunge.recover.vm",
+            "false",
+            "Advanced",
+            "Determines whether users can expunge or recover their vm",
+        ),
+        config(
+            "guest.network.cidr",
+            "10.1.1.0/24",
+            "Network",
+            "The default guest network CIDR",
+        ),
+        config(
+            "enable.dynamic.scale.vm",
+            "false",
+            "Advanced",
+            "Enables/Disables dynamically scaling a vm",
+        ),
+        config(
+            "allow.user.view.destroyed.vm",
+            "false",
+            "Advanced",
+            "Determines whether users can view their destroyed or expunging vm",
+        ),
+        config(
+            "max.account.user.vms",
+            "20",
+            "Account Defaults",
+            "The default maximum number of user VMs that can be deployed for an account",
+        ),
+        config(
+            "max.account.public.ips",
+            "20",
+            "Account Defaults",
+            "The default maximum number of public IPs that can be consumed by an account",
+        ),
+        config(
+            "max.account.cpus",
+            "40",
+            "Account Defaults",
+            "The default maximum number of cpu cores that can be used for an account",
+        ),
+        config(
+            "max.account.memory",
+            "81920",
+            "Account Defaults",
+            "The default maximum memory (in MB) that can be used for an account",
+        ),
+    ]
+}
+
 /// The initial world with the default public range; see [`seed_with`].
 pub fn seed() -> Db {
     seed_with(DEFAULT_PUBLIC_CIDR)
@@ -206,18 +290,13 @@ pub fn seed_with(public_cidr: &str) -> Db {
         cpunumber: cpu,
         cpuspeed: 2000,
         memory: mem,
+        dynamic_scaling: true,
     };
     let network_offering = |name: &str, guest: &str| NetworkOffering {
         id: new_id(),
         name: name.into(),
         displaytext: name.into(),
         guestiptype: guest.into(),
-    };
-    let config = |name: &str, value: &str, category: &str, description: &str| Configuration {
-        name: name.into(),
-        value: value.into(),
-        category: category.into(),
-        description: description.into(),
     };
     Db {
         domain: Some(Domain {
@@ -232,6 +311,9 @@ pub fn seed_with(public_cidr: &str) -> Db {
                 api_key: new_key(),
                 secret_key: new_key(),
                 created: created.clone(),
+                firstname: None,
+                lastname: None,
+                email: None,
             },
             User {
                 id: new_id(),
@@ -240,6 +322,9 @@ pub fn seed_with(public_cidr: &str) -> Db {
                 api_key: new_key(),
                 secret_key: new_key(),
                 created: created.clone(),
+                firstname: None,
+                lastname: None,
+                email: None,
             },
         ],
         accounts: vec![admin, user],
@@ -270,38 +355,7 @@ pub fn seed_with(public_cidr: &str) -> Db {
             ),
             network_offering("DefaultSharedNetworkOffering", "Shared"),
         ],
-        configurations: vec![
-            config(
-                "default.page.size",
-                "500",
-                "Advanced",
-                "Default page size for API list* commands",
-            ),
-            config(
-                "vm.userdata.max.length",
-                "32768",
-                "Advanced",
-                "Max length of vm userdata after base64 encoding",
-            ),
-            config(
-                "cloud.kubernetes.service.enabled",
-                "true",
-                "Advanced",
-                "Indicates whether Integrated Kubernetes Service plugin is enabled or not",
-            ),
-            config(
-                "allow.user.expunge.recover.vm",
-                "false",
-                "Advanced",
-                "Determines whether users can expunge or recover their vm",
-            ),
-            config(
-                "guest.network.cidr",
-                "10.1.1.0/24",
-                "Network",
-                "The default guest network CIDR",
-            ),
-        ],
+        configurations: default_configurations(),
         ..Db::default()
     }
 }

@@ -144,10 +144,13 @@ async fn deleting_a_network_with_vms_is_refused_with_536() {
     let (status, body) = user.get("deleteNetwork", &[("id", &network)]).await;
     assert_eq!(status, 536, "{body}");
     assert_eq!(body["cserrorcode"], 4375);
-    let (status, _) = user
-        .get("destroyVirtualMachine", &[("id", &vm), ("expunge", "true")])
+    // Users may not expunge by default: the job fails, as the check runs inside it.
+    let submitted = user
+        .ok("destroyVirtualMachine", &[("id", &vm), ("expunge", "true")])
         .await;
-    assert_eq!(status, 531, "users may not expunge by default");
+    let job = user.wait_job(submitted["jobid"].as_str().unwrap()).await;
+    assert_eq!(job["jobstatus"], 2, "{job}");
+    assert_eq!(job["jobresultcode"], 530, "{job}");
     user.run("destroyVirtualMachine", &[("id", &vm)]).await;
     user.run("deleteNetwork", &[("id", &network)]).await;
 }
@@ -226,7 +229,7 @@ async fn overlapping_port_rules_conflict_with_537() {
         "the LB rule opened the firewall: {firewall}"
     );
     let rules = user.ok("listLoadBalancerRules", &[("id", lb_id)]).await;
-    assert_eq!(rules["loadbalancer"][0]["publicport"], "6443");
+    assert_eq!(rules["loadbalancerrule"][0]["publicport"], "6443");
 }
 
 #[tokio::test]
@@ -277,6 +280,7 @@ async fn injected_errors_are_deterministic_for_a_seed() {
         seed: 42,
         rules: vec![error_rule("listZones", 0.5)],
         capacity_exhausted: false,
+        never_boot: None,
     };
     let mut runs = Vec::new();
     for _ in 0..2 {
@@ -342,6 +346,7 @@ async fn failing_jobs_capacity_and_lost_responses_are_injected() {
             ..error_rule("deployVirtualMachine", 0.0)
         }],
         capacity_exhausted: false,
+        never_boot: None,
     });
     let (submitted, job) = call(borrow(&deploy_args("fails"))).await;
     assert_eq!(job["jobstatus"], 2);
@@ -371,6 +376,7 @@ async fn failing_jobs_capacity_and_lost_responses_are_injected() {
             ..error_rule("createNetwork", 0.0)
         }],
         capacity_exhausted: false,
+        never_boot: None,
     });
     let started = std::time::Instant::now();
     let lost = reqwest::Client::new()

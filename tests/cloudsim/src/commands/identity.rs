@@ -4,16 +4,17 @@ use serde_json::{Value, json};
 
 use super::{Ctx, Outcome, account, domain_id, list_response};
 use crate::error::ApiError;
-use crate::model::{Db, Job, Tag, User};
+use crate::model::{Account, Db, Job, Tag, User};
+use crate::store::{self, new_id, new_key};
 
 fn render_user(db: &Db, u: &User) -> Value {
     let acct = account(db, &u.account_id);
-    json!({
+    let mut body = json!({
         "id": u.id,
         "username": u.username,
-        "firstname": u.username,
-        "lastname": "cloudsim",
-        "email": format!("{}@cloudsim.invalid", u.username),
+        "firstname": u.firstname.clone().unwrap_or_else(|| u.username.clone()),
+        "lastname": u.lastname.clone().unwrap_or_else(|| "cloudsim".into()),
+        "email": u.email.clone().unwrap_or_else(|| format!("{}@cloudsim.invalid", u.username)),
         "accountid": u.account_id,
         "account": acct.map(|a| a.name.clone()),
         "accounttype": acct.map(|a| if a.admin { 1 } else { 0 }),
@@ -22,7 +23,30 @@ fn render_user(db: &Db, u: &User) -> Value {
         "domain": "ROOT",
         "state": "enabled",
         "created": u.created,
-        "apikey": u.api_key,
+    });
+    if !u.api_key.is_empty() {
+        body["apikey"] = json!(u.api_key);
+    }
+    body
+}
+
+fn render_account(db: &Db, a: &Account) -> Value {
+    let users: Vec<Value> = db
+        .users
+        .iter()
+        .filter(|u| u.account_id == a.id)
+        .map(|u| render_user(db, u))
+        .collect();
+    json!({
+        "id": a.id,
+        "name": a.name,
+        "accounttype": if a.admin { 1 } else { 0 },
+        "roletype": if a.admin { "Admin" } else { "User" },
+        "rolename": if a.admin { "Root Admin" } else { "User" },
+        "domainid": domain_id(db),
+        "domain": "ROOT",
+        "state": "enabled",
+        "user": users,
     })
 }
 
@@ -34,38 +58,133 @@ pub(super) fn list_accounts(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
         .iter()
         .filter(|a| ctx.caller.admin || a.id == ctx.caller.account_id)
         .filter(|a| ctx.filter_matches("id", &a.id) && ctx.filter_matches("name", &a.name))
-        .map(|a| {
-            let users: Vec<Value> = ctx
-                .db
-                .users
-                .iter()
-                .filter(|u| u.account_id == a.id)
-                .map(|u| render_user(ctx.db, u))
-                .collect();
-            json!({
-                "id": a.id,
-                "name": a.name,
-                "accounttype": if a.admin { 1 } else { 0 },
-                "roletype": if a.admin { "Admin" } else { "User" },
-                "rolename": if a.admin { "Root Admin" } else { "User" },
-                "domainid": domain_id(ctx.db),
-                "domain": "ROOT",
-                "state": "enabled",
-                "user": users,
-            })
-        })
+        .filter(|a| ctx.keyword_matches(&a.name))
+        .map(|a| render_account(ctx.db, a))
         .collect();
     Ok(Outcome::Sync(list_response(ctx.params, "account", items)?))
 }
 
-/// `listUsers`: a user sees its account's users, an admin all.
+/// The user fields `createUser` and `createAccount` require, in CloudStack's order.
+fn new_user(ctx: &Ctx<'_>, account_id: &str) -> Result<User, ApiError> {
+    let p = ctx.params;
+    for name in ["email", "firstname", "lastname", "password", "username"] {
+        p.require(ctx.command, name)?;
+    }
+    let username = p.require(ctx.command, "username")?;
+    if ctx.db.users.iter().any(|u| u.username == username) {
+        return Err(ApiError::param(format!(
+            "The user {username} already exists in domain ROOT"
+        )));
+    }
+    // The password is required, as by CloudStack, and never kept: nothing logs in with it.
+    Ok(User {
+        id: new_id(),
+        username: username.to_owned(),
+        account_id: account_id.to_owned(),
+        api_key: String::new(),
+        secret_key: String::new(),
+        created: store::now(),
+        firstname: p.get("firstname").map(str::to_owned),
+        lastname: p.get("lastname").map(str::to_owned),
+        email: p.get("email").map(str::to_owned),
+    })
+}
+
+/// `createAccount` (admin): an account (`accounttype` 0 user, 1 root admin) with its first
+/// user, who has no API keys until `registerUserKeys`.
+pub(super) fn create_account(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let admin = match ctx.params.number::<u8>(ctx.command, "accounttype")? {
+        None | Some(0) => false,
+        Some(1) => true,
+        Some(other) => {
+            return Err(ApiError::param(format!(
+                "Invalid account type {other}; the simulator has user (0) and root admin (1) accounts"
+            )));
+        }
+    };
+    let username = ctx.params.require(ctx.command, "username")?;
+    let name = ctx.params.get("account").unwrap_or(username).to_owned();
+    if ctx.db.accounts.iter().any(|a| a.name == name) {
+        return Err(ApiError::param(format!(
+            "The specified account: {name} already exists"
+        )));
+    }
+    let account = Account {
+        id: new_id(),
+        name,
+        admin,
+    };
+    let user = new_user(ctx, &account.id)?;
+    ctx.db.users.push(user);
+    let body = render_account(ctx.db, &account);
+    ctx.db.accounts.push(account);
+    Ok(Outcome::Sync(json!({ "account": body })))
+}
+
+/// `createUser` (admin): a user of an existing account, without API keys.
+pub(super) fn create_user(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let name = ctx.params.require(ctx.command, "account")?;
+    let account_id = ctx
+        .db
+        .accounts
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.id.clone())
+        .ok_or_else(|| ApiError::param(format!("Unable to find account {name} in domain ROOT")))?;
+    let user = new_user(ctx, &account_id)?;
+    let body = render_user(ctx.db, &user);
+    ctx.db.users.push(user);
+    Ok(Outcome::Sync(json!({ "user": body })))
+}
+
+/// `registerUserKeys id=…`: a new key pair for the user (its old keys stop working); a user
+/// for itself, an admin for anyone.
+pub(super) fn register_user_keys(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let id = ctx.params.require(ctx.command, "id")?.to_owned();
+    let index = ctx
+        .db
+        .users
+        .iter()
+        .position(|u| u.id == id)
+        .ok_or_else(|| ApiError::param(format!("unable to find user by id {id}")))?;
+    ctx.check_access(&ctx.db.users[index].account_id, &id)?;
+    let user = &mut ctx.db.users[index];
+    user.api_key = new_key();
+    user.secret_key = new_key();
+    tracing::info!(user = %user.username, "new API keys registered");
+    Ok(Outcome::Sync(json!({
+        "userkeys": { "apikey": user.api_key, "secretkey": user.secret_key }
+    })))
+}
+
+/// `listUsers`: a user sees its account's users, an admin all; filters `id`, `username`,
+/// `account`, `accounttype`, `state`, `domainid`, `keyword`.
 pub(super) fn list_users(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let account_type: Option<u8> = ctx.params.number(ctx.command, "accounttype")?;
+    let domain = domain_id(ctx.db);
     let items = ctx
         .db
         .users
         .iter()
         .filter(|u| ctx.caller.admin || u.account_id == ctx.caller.account_id)
         .filter(|u| ctx.filter_matches("id", &u.id) && ctx.filter_matches("username", &u.username))
+        .filter(|u| {
+            ctx.params
+                .get("account")
+                .is_none_or(|name| account(ctx.db, &u.account_id).is_some_and(|a| a.name == name))
+        })
+        .filter(|u| {
+            account_type.is_none_or(|t| {
+                account(ctx.db, &u.account_id).is_some_and(|a| u8::from(a.admin) == t)
+            })
+        })
+        .filter(|_| {
+            ctx.params
+                .get("state")
+                .is_none_or(|s| s.eq_ignore_ascii_case("enabled"))
+        })
+        .filter(|_| ctx.filter_matches("domainid", &domain))
+        .filter(|u| ctx.keyword_matches(&u.username))
         .map(|u| render_user(ctx.db, u))
         .collect();
     Ok(Outcome::Sync(list_response(ctx.params, "user", items)?))
@@ -95,6 +214,30 @@ pub(super) fn get_user_keys(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
     ctx.check_access(&user.account_id, id)?;
     Ok(Outcome::Sync(json!({
         "userkeys": { "apikey": user.api_key, "secretkey": user.secret_key }
+    })))
+}
+
+/// `updateConfiguration name=… value=…` (admin): changes a global setting the simulator knows.
+pub(super) fn update_configuration(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let name = ctx.params.require(ctx.command, "name")?.to_owned();
+    let value = ctx.params.get("value").unwrap_or_default().to_owned();
+    let config = ctx
+        .db
+        .configurations
+        .iter_mut()
+        .find(|c| c.name == name)
+        .ok_or_else(|| {
+            ApiError::param(format!("Config parameter with name {name} doesn't exist"))
+        })?;
+    config.value = value;
+    tracing::info!(name = %config.name, value = %config.value, "setting updated");
+    Ok(Outcome::Sync(json!({
+        "configuration": {
+            "name": config.name,
+            "value": config.value,
+            "category": config.category,
+            "description": config.description,
+        }
     })))
 }
 

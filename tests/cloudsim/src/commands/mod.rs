@@ -2,12 +2,16 @@
 //! dispatch from command name to handler. Handlers run with the state lock held and do no I/O;
 //! anything slow (job completion, ISO download) is returned as [`Background`] work.
 
+mod catalog;
 mod compute;
 mod identity;
 mod images;
-mod network;
+mod keys;
+pub(crate) mod limits;
+pub(crate) mod network;
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 
 use serde_json::{Value, json};
 
@@ -23,7 +27,7 @@ pub(crate) fn visible_iso_path(db: &Db, iso_id: &str) -> Option<std::path::PathB
 }
 
 use crate::error::ApiError;
-use crate::faults::Decision;
+use crate::faults::{Decision, Faults};
 use crate::model::{Account, Completion, Db, Job};
 use crate::store::{self, new_id};
 
@@ -105,6 +109,20 @@ impl Params {
             .unwrap_or_default()
     }
 
+    /// A map parameter's entries with their keys as sent (`details[0].rootDiskController=scsi`
+    /// gives `rootDiskController`), every index merged, as CloudStack reads `details`.
+    fn details(&self, prefix: &str) -> BTreeMap<String, String> {
+        let lead = format!("{}[", prefix.to_lowercase());
+        self.0
+            .iter()
+            .filter(|(k, _)| k.to_lowercase().starts_with(&lead))
+            .filter_map(|(k, v)| {
+                let (_, field) = k.split_once("].")?;
+                Some((field.to_owned(), v.clone()))
+            })
+            .collect()
+    }
+
     /// Map parameters such as `tags[0].key=k&tags[0].value=v`, by index.
     fn map(&self, prefix: &str) -> Vec<BTreeMap<String, String>> {
         let mut out: BTreeMap<u32, BTreeMap<String, String>> = BTreeMap::new();
@@ -139,6 +157,8 @@ pub enum Background {
 /// A change the node runner must make, applied after the command (still under the lock).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeAction {
+    /// Stop the node, keeping its disk (a destroyed VM can still be recovered).
+    Stop(String),
     /// Stop the node and remove its disk.
     Destroy(String),
     /// Attach (`Some` ISO id) or detach (`None`) the VM's CD-ROM.
@@ -157,6 +177,9 @@ pub struct Ctx<'a> {
     pub command: &'a str,
     /// Fault decisions for this request.
     pub decision: &'a Decision,
+    /// The fault layer, for decisions that depend on what the command acts on (VMs that never
+    /// boot). Locked after the state, never before it.
+    pub faults: &'a Mutex<Faults>,
     /// The request came as GET.
     pub is_get: bool,
     /// Work to start after responding.
@@ -208,59 +231,15 @@ pub fn is_read_only(command: &str) -> bool {
 /// The command's CloudStack error, or 432 for unknown commands and admin-only commands called
 /// by a user.
 pub fn dispatch(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
-    let admin_only = ["getUser", "listConfigurations", "createUser"];
-    if !ctx.caller.admin && admin_only.contains(&ctx.command) {
-        return Err(ApiError::unknown_command(ctx.command, &ctx.caller.user_id));
-    }
-    match ctx.command {
-        "listZones" => images::list_zones(ctx),
-        "listServiceOfferings" => images::list_service_offerings(ctx),
-        "listTemplates" => images::list_templates(ctx),
-        "listNetworkOfferings" => images::list_network_offerings(ctx),
-        "registerIso" => images::register_iso(ctx),
-        "listIsos" => images::list_isos(ctx),
-        "deleteIso" => images::delete_iso(ctx),
-        "attachIso" => images::attach_iso(ctx),
-        "detachIso" => images::detach_iso(ctx),
-        "deployVirtualMachine" => compute::deploy(ctx),
-        "startVirtualMachine" => compute::start(ctx),
-        "stopVirtualMachine" => compute::stop(ctx),
-        "rebootVirtualMachine" => compute::reboot(ctx),
-        "destroyVirtualMachine" => compute::destroy(ctx),
-        "listVirtualMachines" => compute::list(ctx),
-        "createNetwork" => network::create_network(ctx),
-        "listNetworks" => network::list_networks(ctx),
-        "deleteNetwork" => network::delete_network(ctx),
-        "associateIpAddress" => network::associate_ip(ctx),
-        "disassociateIpAddress" => network::disassociate_ip(ctx),
-        "listPublicIpAddresses" => network::list_public_ips(ctx),
-        "createFirewallRule" => network::create_firewall_rule(ctx),
-        "listFirewallRules" => network::list_rules(ctx, crate::model::RuleKind::Firewall),
-        "deleteFirewallRule" => network::delete_rule(ctx, crate::model::RuleKind::Firewall),
-        "createPortForwardingRule" => network::create_port_forwarding_rule(ctx),
-        "listPortForwardingRules" => {
-            network::list_rules(ctx, crate::model::RuleKind::PortForwarding)
-        }
-        "deletePortForwardingRule" => {
-            network::delete_rule(ctx, crate::model::RuleKind::PortForwarding)
-        }
-        "createLoadBalancerRule" => network::create_load_balancer_rule(ctx),
-        "listLoadBalancerRules" => network::list_rules(ctx, crate::model::RuleKind::LoadBalancer),
-        "deleteLoadBalancerRule" => network::delete_rule(ctx, crate::model::RuleKind::LoadBalancer),
-        "assignToLoadBalancerRule" => network::assign_to_load_balancer(ctx, true),
-        "removeFromLoadBalancerRule" => network::assign_to_load_balancer(ctx, false),
-        "createTags" => identity::create_tags(ctx),
-        "deleteTags" => identity::delete_tags(ctx),
-        "listTags" => identity::list_tags(ctx),
-        "listAccounts" => identity::list_accounts(ctx),
-        "listUsers" => identity::list_users(ctx),
-        "getUser" => identity::get_user(ctx),
-        "getUserKeys" => identity::get_user_keys(ctx),
-        "listConfigurations" => identity::list_configurations(ctx),
-        "queryAsyncJobResult" => identity::query_async_job_result(ctx),
-        "listAsyncJobs" => identity::list_async_jobs(ctx),
-        _ => Err(ApiError::unknown_command(ctx.command, &ctx.caller.user_id)),
-    }
+    let command = catalog::find(ctx.command)
+        .filter(|c| c.access == catalog::Access::Everyone || ctx.caller.admin)
+        .ok_or_else(|| ApiError::unknown_command(ctx.command, &ctx.caller.user_id))?;
+    (command.handler)(ctx)
+}
+
+/// True when `command` is served and answers with a job id.
+pub fn is_async(command: &str) -> bool {
+    catalog::find(command).is_some_and(|c| c.is_async)
 }
 
 // === shared helpers ===
@@ -314,6 +293,23 @@ pub fn list_response(params: &Params, key: &str, items: Vec<Value>) -> Result<Va
         body[key] = Value::Array(page);
     }
     Ok(body)
+}
+
+/// A global setting's value (`None` when the state predates it).
+pub(crate) fn setting<'d>(db: &'d Db, name: &str) -> Option<&'d str> {
+    db.configurations
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| c.value.as_str())
+}
+
+/// A boolean global setting, `default` when absent or not a boolean.
+pub(crate) fn setting_bool(db: &Db, name: &str, default: bool) -> bool {
+    match setting(db, name) {
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        _ => default,
+    }
 }
 
 fn account<'d>(db: &'d Db, id: &str) -> Option<&'d Account> {
@@ -407,9 +403,14 @@ impl Ctx<'_> {
         planned_error: Option<(u16, String)>,
     ) -> String {
         let id = new_id();
+        // `admin.vm.ExpungeVMCmd` lives in the admin package, everything else in the user one.
+        let cmd = match cmd.strip_prefix("admin.") {
+            Some(admin) => format!("org.apache.cloudstack.api.command.admin.{admin}"),
+            None => format!("org.apache.cloudstack.api.command.user.{cmd}"),
+        };
         self.db.jobs.push(Job {
             id: id.clone(),
-            cmd: format!("org.apache.cloudstack.api.command.user.{cmd}"),
+            cmd,
             account_id: self.caller.account_id.clone(),
             user_id: self.caller.user_id.clone(),
             status: 0,
@@ -434,6 +435,14 @@ impl Ctx<'_> {
                 format!("injected fault: async job of {} failed", self.command),
             )
         })
+    }
+
+    /// Whether the next start of VM `vm_name` never boots (injected fault, logged).
+    fn never_boots(&self, vm_name: &str) -> bool {
+        self.faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .never_boot(self.command, vm_name)
     }
 
     /// Submits a job whose effect was already applied (or, when a failure was injected, is

@@ -8,11 +8,44 @@ use serde_json::{Value, json};
 use super::{Ctx, Outcome, list_response, owner_fields, zone_name};
 use crate::cidr::Cidr;
 use crate::error::ApiError;
-use crate::model::{Db, Network, PublicIp, Rule, RuleKind, VmState};
+use crate::model::{Db, IpRange, Network, PublicIp, Rule, RuleKind, VmState};
 use crate::store::{self, new_id};
 
+/// How a network hands out addresses: its CIDR, gateway and guest range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Addressing {
+    /// The network.
+    pub(crate) cidr: Cidr,
+    /// The gateway (the router's address on the network's bridge).
+    pub(crate) gateway: Ipv4Addr,
+    /// First guest address.
+    pub(crate) first: Ipv4Addr,
+    /// Last guest address.
+    pub(crate) last: Ipv4Addr,
+}
+
+/// The addressing of `network`; `None` when its stored CIDR or range is unreadable.
+pub(crate) fn addressing(network: &Network) -> Option<Addressing> {
+    let cidr = Cidr::parse(&network.cidr).ok()?;
+    let gateway = match &network.gateway {
+        Some(gateway) => gateway.parse().ok()?,
+        None => cidr.gateway(),
+    };
+    let (first, last) = match &network.ip_range {
+        Some(range) => (range.start.parse().ok()?, range.end.parse().ok()?),
+        None => cidr.hosts(),
+    };
+    Some(Addressing {
+        cidr,
+        gateway,
+        first,
+        last,
+    })
+}
+
 fn render_network(db: &Db, n: &Network) -> Value {
-    let cidr = Cidr::parse(&n.cidr).ok();
+    let addressing = addressing(n);
+    let cidr = addressing.map(|a| a.cidr);
     let offering = db.network_offerings.iter().find(|o| o.id == n.offering_id);
     let mut body = json!({
         "id": n.id,
@@ -26,15 +59,40 @@ fn render_network(db: &Db, n: &Network) -> Value {
         "guestiptype": n.guest_type,
         "traffictype": "Guest",
         "cidr": n.cidr,
-        "gateway": cidr.map(|c| c.gateway().to_string()),
+        "gateway": addressing.map(|a| a.gateway.to_string()),
         "netmask": cidr.map(|c| c.netmask().to_string()),
         "state": n.state,
         "created": n.created,
         "restartrequired": false,
         "specifyipranges": n.guest_type == "Shared",
+        "acltype": if n.domain_wide { "Domain" } else { "Account" },
     });
-    owner_fields(db, &n.account_id, &mut body);
+    if let Some(vlan) = &n.vlan {
+        body["vlan"] = json!(vlan);
+        body["broadcasturi"] = json!(format!("vlan://{vlan}"));
+    }
+    if n.domain_wide {
+        body["domainid"] = json!(super::domain_id(db));
+        body["domain"] = json!("ROOT");
+    } else {
+        owner_fields(db, &n.account_id, &mut body);
+    }
     body
+}
+
+/// The caller may deploy into (and list) `network`: its owner, an admin, or anyone for a
+/// domain-wide shared network.
+pub(crate) fn usable(ctx: &Ctx<'_>, network: &Network) -> Result<(), ApiError> {
+    if network.domain_wide {
+        return Ok(());
+    }
+    ctx.check_access(&network.account_id, &network.id)
+}
+
+fn parse_ip(name: &str, value: &str) -> Result<Ipv4Addr, ApiError> {
+    value
+        .parse()
+        .map_err(|_| ApiError::param(format!("Please specify a valid IPv4 address for {name}")))
 }
 
 /// `createNetwork` (synchronous, returns `network`).
@@ -60,18 +118,20 @@ pub(super) fn create_network(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
             "Specified zone id was not found: {zone_id}"
         )));
     }
+    let shared = offering.guestiptype == "Shared";
+    if shared && !ctx.caller.admin {
+        return Err(ApiError::param(
+            "Only Admins can create network with guest type Shared",
+        ));
+    }
     let owner = ctx.owner_for_create()?;
     let cidr = match (p.get("gateway"), p.get("netmask")) {
         (Some(gw), Some(mask)) => Cidr::from_gateway_netmask(gw, mask)
             .map_err(|e| ApiError::param(format!("Invalid gateway/netmask: {e}")))?,
-        (None, None) if offering.guestiptype == "Isolated" => {
-            let default = ctx
-                .db
-                .configurations
-                .iter()
-                .find(|c| c.name == "guest.network.cidr")
-                .map(|c| c.value.clone())
-                .unwrap_or_else(|| "10.1.1.0/24".into());
+        (None, None) if !shared => {
+            let default = super::setting(ctx.db, "guest.network.cidr")
+                .unwrap_or("10.1.1.0/24")
+                .to_owned();
             Cidr::parse(&default).map_err(|e| ApiError::internal(e.to_string()))?
         }
         (None, None) => {
@@ -85,6 +145,52 @@ pub(super) fn create_network(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
             ));
         }
     };
+    let gateway = p
+        .get("gateway")
+        .map(|g| parse_ip("gateway", g))
+        .transpose()?;
+    if let Some(gateway) = gateway
+        && (!cidr.contains(gateway) || gateway == cidr.network())
+    {
+        return Err(ApiError::param(format!(
+            "The gateway {gateway} is not a host address of the network {cidr}"
+        )));
+    }
+    let ip_range = match (p.get("startip"), p.get("endip")) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(ApiError::param(
+                "startip is required when endip is specified",
+            ));
+        }
+        // "If end ip is not specified, default it to startIp", as CloudStack does.
+        (Some(start), end) => {
+            let first = parse_ip("startip", start)?;
+            let last = parse_ip("endip", end.unwrap_or(start))?;
+            let (lowest, highest) = cidr.hosts();
+            let inside = |ip: Ipv4Addr| (lowest..=highest).contains(&ip);
+            if !inside(first) || !inside(last) || first > last {
+                return Err(ApiError::param(format!(
+                    "The IP range {first}-{last} is not a range of host addresses of the network {cidr}"
+                )));
+            }
+            Some(IpRange {
+                start: first.to_string(),
+                end: last.to_string(),
+            })
+        }
+    };
+    let domain_wide = match p.get("acltype") {
+        Some(acl) if acl.eq_ignore_ascii_case("domain") => true,
+        Some(acl) if acl.eq_ignore_ascii_case("account") => false,
+        Some(acl) => {
+            return Err(ApiError::param(format!(
+                "Invalid acltype {acl}: expected Account or Domain"
+            )));
+        }
+        // An admin's shared network without an owner serves the whole domain.
+        None => shared && p.get("account").is_none(),
+    };
     let network = Network {
         id: new_id(),
         displaytext: p.get("displaytext").unwrap_or(&name).to_owned(),
@@ -94,7 +200,11 @@ pub(super) fn create_network(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
         offering_id,
         guest_type: offering.guestiptype.clone(),
         cidr: cidr.to_string(),
-        state: if offering.guestiptype == "Shared" {
+        gateway: gateway.map(|g| g.to_string()),
+        ip_range,
+        vlan: p.get("vlan").map(str::to_owned),
+        domain_wide,
+        state: if shared {
             "Setup".into()
         } else {
             "Allocated".into()
@@ -112,7 +222,7 @@ pub(super) fn list_networks(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
         .db
         .networks
         .iter()
-        .filter(|n| ctx.visible(&n.account_id))
+        .filter(|n| n.domain_wide || ctx.visible(&n.account_id))
         .filter(|n| ctx.filter_matches("id", &n.id))
         .filter(|n| ctx.filter_matches("zoneid", &n.zone_id))
         .filter(|n| ctx.filter_matches("networkofferingid", &n.offering_id))
@@ -266,6 +376,11 @@ pub(super) fn associate_ip(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
         .ok_or_else(|| ApiError::param(format!("Unable to find network by id {network_id}")))?
         .clone();
     ctx.check_access(&network.account_id, &network_id)?;
+    super::limits::check(
+        ctx.db,
+        &network.account_id,
+        &[(super::limits::ResourceType::PublicIp, 1)],
+    )?;
     let ip = allocate_public_ip(ctx.db, &network.zone_id)?;
     let source_nat = network.guest_type == "Isolated"
         && !ctx
@@ -355,11 +470,22 @@ pub(super) fn list_public_ips(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
 
 // === rules ===
 
+/// The object name of a created rule (`createLoadBalancerRule`'s job result holds
+/// `loadbalancer`).
 fn rule_key(kind: RuleKind) -> &'static str {
     match kind {
         RuleKind::Firewall => "firewallrule",
         RuleKind::PortForwarding => "portforwardingrule",
         RuleKind::LoadBalancer => "loadbalancer",
+    }
+}
+
+/// The array key of a rule list: `listLoadBalancerRules` names its items `loadbalancerrule`
+/// (`ListLoadBalancerRulesCmd` sets that object name), unlike the created rule.
+fn list_key(kind: RuleKind) -> &'static str {
+    match kind {
+        RuleKind::LoadBalancer => "loadbalancerrule",
+        other => rule_key(other),
     }
 }
 
@@ -675,7 +801,7 @@ pub(super) fn list_rules(ctx: &mut Ctx<'_>, kind: RuleKind) -> Result<Outcome, A
         .collect();
     Ok(Outcome::Sync(list_response(
         ctx.params,
-        rule_key(kind),
+        list_key(kind),
         items,
     )?))
 }

@@ -81,6 +81,10 @@ const BUNDLE_LABEL: &str = "CDROM";
 /// Longest unix socket path containerd accepts (it refuses paths over 104 bytes, below
 /// `sun_path`'s 108).
 const MAX_SOCKET_PATH: usize = 104;
+/// How long a program the simulator runs in a node to its end may take (`systemctl` at boot).
+const ONESHOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Units the simulator runs itself at boot, not through the `systemctl` stand-in.
+const SIMULATOR_UNITS: [&str; 2] = ["containerd.service", "cks-agent.service"];
 /// The system part of a node's `PATH`.
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -208,6 +212,12 @@ enum Op {
     Stop,
     Destroy,
     SetIso(Option<PathBuf>),
+    /// Build a command in the node's environment (answered with `None` when it does not run).
+    Command {
+        program: PathBuf,
+        args: Vec<String>,
+        reply: mpsc::Sender<Option<(Command, Option<PathBuf>)>>,
+    },
     Shutdown,
 }
 
@@ -412,6 +422,41 @@ impl NodeRunner for ProcessRunner {
 
     fn update_network(&self, table: &ForwardingTable) {
         let _ = self.shared.net.send(NetMsg::Table(table.clone()));
+    }
+
+    fn exec(
+        &self,
+        vm_id: &str,
+        program: &Path,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<std::process::Output, NodeError> {
+        let not_running = || NodeError::NotRunning {
+            vm_id: vm_id.to_owned(),
+        };
+        let (reply, answer) = mpsc::channel();
+        {
+            let actors = lock(&self.shared.actors);
+            let actor = actors.get(vm_id).ok_or_else(not_running)?;
+            actor
+                .tx
+                .send(Op::Command {
+                    program: program.to_path_buf(),
+                    args: args.to_vec(),
+                    reply,
+                })
+                .map_err(|_| not_running())?;
+        }
+        // The worker answers between two operations; a boot in progress may take a while.
+        let (cmd, ns) = answer
+            .recv_timeout(timeout)
+            .map_err(|_| not_running())?
+            .ok_or_else(not_running)?;
+        process::run_to_end(cmd, ns.as_deref(), timeout).map_err(|source| NodeError::Io {
+            vm_id: vm_id.to_owned(),
+            action: "run a command",
+            source,
+        })
     }
 
     fn inspect(&self, vm_id: &str) -> Option<NodeInfo> {
@@ -677,6 +722,14 @@ impl Worker {
                     }
                 }
                 Op::Stop => self.halt(),
+                Op::Command {
+                    program,
+                    args,
+                    reply,
+                } => {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let _ = reply.send(self.node_command(&program, &args));
+                }
                 Op::SetIso(iso) => {
                     if let Err(err) = self.set_iso(iso.as_deref()) {
                         tracing::error!(vm = %self.vm_id, error = %err, "cannot change the CD-ROM");
@@ -805,6 +858,9 @@ impl Worker {
         ] {
             std::fs::create_dir_all(dir).map_err(|e| BootError::Prepare(dir.clone(), e))?;
         }
+        if spec.never_boots {
+            return self.hang(spec);
+        }
         if let Some(data) = &spec.userdata
             && !dirs.userdata_marker().exists()
         {
@@ -819,6 +875,7 @@ impl Worker {
                 "userdata applied (first boot)"
             );
         }
+        self.write_authorized_keys(&spec.ssh_authorized_keys)?;
         self.set_iso(spec.iso.as_deref())
             .map_err(|e| BootError::Prepare(self.dirs.by_label(), e))?;
         self.write_containerd_config()?;
@@ -857,16 +914,155 @@ impl Worker {
         }
 
         self.start_program(Program::Containerd)?;
+        let units = self.start_enabled_units();
         let pid = self.start_program(Program::Agent)?;
         tracing::info!(
             vm = %self.vm_id,
             name = %spec.name,
             agent_pid = pid,
+            ?units,
             netns = ?ns_path,
             root = %self.dirs.root.display(),
             "node booted"
         );
         Ok(())
+    }
+
+    /// An injected fault: the VM's NICs are plugged (the hypervisor made them) but its OS never
+    /// comes up, so nothing runs and nothing listens.
+    fn hang(&mut self, spec: &NodeSpec) -> Result<(), BootError> {
+        let net = if self.shared.namespaces {
+            Some(self.plug(spec)?)
+        } else {
+            None
+        };
+        let inode = match net.as_ref().map(|n| netns::path(&n.name)) {
+            Some(path) => {
+                Some(netns::inode(&path).map_err(|e| BootError::Prepare(path.clone(), e))?)
+            }
+            None => None,
+        };
+        self.running = Some(Running {
+            tree: ProcessTree::new(marker(&self.shared.prefix, &self.vm_id), inode),
+            address: None,
+            net,
+            hostname: spec.name.clone(),
+            restarts: Vec::new(),
+        });
+        tracing::warn!(
+            vm = %self.vm_id,
+            name = %spec.name,
+            fault = "never_boot",
+            "injected fault: the node never boots; its agent does not start"
+        );
+        Ok(())
+    }
+
+    /// Adds the VM's key pairs to `/root/.ssh/authorized_keys` (0600, directory 0700), as
+    /// cloud-init does from the metadata; lines already there stay.
+    fn write_authorized_keys(&self, keys: &[String]) -> Result<(), BootError> {
+        use std::os::unix::fs::PermissionsExt;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let dir = self.dirs.root.join("root/.ssh");
+        let path = dir.join("authorized_keys");
+        let write = || -> io::Result<()> {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            let mut text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => String::new(),
+                Err(err) => return Err(err),
+            };
+            for key in keys {
+                if !text.lines().any(|line| line.trim() == key.trim()) {
+                    if !text.is_empty() && !text.ends_with('\n') {
+                        text.push('\n');
+                    }
+                    text.push_str(key.trim());
+                    text.push('\n');
+                }
+            }
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        };
+        write().map_err(|e| BootError::Prepare(path.clone(), e))
+    }
+
+    /// Starts what systemd would start at boot: every unit enabled on the node's disk (a link
+    /// in `multi-user.target.wants`, confirmed by `systemctl is-enabled`) other than the two
+    /// the simulator runs itself (containerd, cks-agent), with the node's `systemctl` stand-in
+    /// in the node's environment. Returns the units started; failures are logged (systemd
+    /// boots on when a unit fails).
+    fn start_enabled_units(&mut self) -> Vec<String> {
+        let systemctl = self.shared.state_dir.join("node-bin/systemctl");
+        if !systemctl.is_file() {
+            tracing::debug!(vm = %self.vm_id, "no systemctl stand-in; enabled units not started");
+            return Vec::new();
+        }
+        let wants = self
+            .dirs
+            .root
+            .join("etc/systemd/system/multi-user.target.wants");
+        let mut candidates: Vec<String> = std::fs::read_dir(&wants)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|name| !SIMULATOR_UNITS.contains(&name.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        candidates.sort();
+        let mut started = Vec::new();
+        for unit in candidates {
+            match self.run_in_node(&systemctl, &["is-enabled", "--quiet", &unit]) {
+                Ok(out) if out.status.success() => {}
+                Ok(_) => continue,
+                Err(err) => {
+                    tracing::warn!(vm = %self.vm_id, %unit, error = %err, "systemctl is-enabled failed");
+                    continue;
+                }
+            }
+            match self.run_in_node(&systemctl, &["start", &unit]) {
+                Ok(out) if out.status.success() => {
+                    tracing::info!(vm = %self.vm_id, %unit, "enabled unit started at boot");
+                    started.push(unit);
+                }
+                Ok(out) => tracing::warn!(
+                    vm = %self.vm_id,
+                    %unit,
+                    status = %out.status,
+                    stderr = %String::from_utf8_lossy(&out.stderr).trim(),
+                    "enabled unit failed to start at boot"
+                ),
+                Err(err) => {
+                    tracing::warn!(vm = %self.vm_id, %unit, error = %err, "systemctl start failed");
+                }
+            }
+        }
+        started
+    }
+
+    /// Runs `program args` to its end in the node (its environment, namespace and marker, so
+    /// whatever it leaves running belongs to the node), bounded by [`ONESHOT_TIMEOUT`].
+    fn run_in_node(&self, program: &Path, args: &[&str]) -> io::Result<std::process::Output> {
+        let (cmd, ns) = self
+            .node_command(program, args)
+            .ok_or_else(|| io::Error::other("node not running"))?;
+        process::run_to_end(cmd, ns.as_deref(), ONESHOT_TIMEOUT)
+    }
+
+    /// `program args` with the node's environment and marker, and the namespace to run it in;
+    /// `None` when the node does not run.
+    fn node_command(&self, program: &Path, args: &[&str]) -> Option<(Command, Option<PathBuf>)> {
+        let running = self.running.as_ref()?;
+        let mut cmd = self.command(program, &running.hostname);
+        cmd.args(args)
+            .env(process::MARKER_ENV, running.tree.marker());
+        let ns = running.net.as_ref().map(|n| netns::path(&n.name));
+        Some((cmd, ns))
     }
 
     /// A command with the node's environment; output to `logs/<program name>.log`.
@@ -980,7 +1176,14 @@ impl Worker {
                     .ip
                     .parse()
                     .map_err(|_| BootError::BadNic(nic.ip.clone()))?;
-                let router = self.acquire_router(&nic.network_id, &cidr)?;
+                let gateway: Ipv4Addr = if nic.gateway.is_empty() {
+                    cidr.gateway()
+                } else {
+                    nic.gateway
+                        .parse()
+                        .map_err(|_| BootError::BadNic(nic.gateway.clone()))?
+                };
+                let router = self.acquire_router(&nic.network_id, &cidr, gateway)?;
                 net.networks.push(nic.network_id.clone());
                 let outer = format!("vp{}", self.shared.veths.fetch_add(1, Ordering::Relaxed));
                 let inner = format!("eth{i}");
@@ -996,7 +1199,7 @@ impl Worker {
                 netns::ip(&["-n", &name, "addr", "add", &address, "dev", &inner])?;
                 netns::ip(&["-n", &name, "link", "set", &inner, "up"])?;
                 if i == 0 {
-                    let gateway = cidr.gateway().to_string();
+                    let gateway = gateway.to_string();
                     netns::ip(&["-n", &name, "route", "add", "default", "via", &gateway])?;
                 }
             }
@@ -1022,14 +1225,19 @@ impl Worker {
     }
 
     /// The network's router namespace (created with its bridge and gateway on first use).
-    fn acquire_router(&self, network_id: &str, cidr: &Cidr) -> Result<String, BootError> {
+    fn acquire_router(
+        &self,
+        network_id: &str,
+        cidr: &Cidr,
+        gateway: Ipv4Addr,
+    ) -> Result<String, BootError> {
         let name = router_name(&self.shared.prefix, network_id);
         let mut routers = lock(&self.shared.routers);
         let count = routers.entry(network_id.to_owned()).or_insert(0);
         if *count == 0 {
             netns::delete(&name)?;
             netns::add(&name)?;
-            let gateway = format!("{}/{}", cidr.gateway(), cidr.prefix());
+            let gateway = format!("{gateway}/{}", cidr.prefix());
             let made = netns::ip(&["-n", &name, "link", "add", "br0", "type", "bridge"])
                 .and_then(|()| netns::ip(&["-n", &name, "addr", "add", &gateway, "dev", "br0"]))
                 .and_then(|()| netns::ip(&["-n", &name, "link", "set", "br0", "up"]));

@@ -159,6 +159,51 @@ impl ProcessTree {
     }
 }
 
+/// Runs `cmd` to its end in a process group of its own (in namespace `netns` when given),
+/// capturing its output; after `timeout` its group is killed and the run fails with
+/// `TimedOut`. The caller sets the node's marker, so whatever the program leaves running
+/// (a service it started) is found and stopped with the node.
+///
+/// # Errors
+/// The program cannot be started or ran out of time.
+pub fn run_to_end(
+    mut cmd: Command,
+    netns: Option<&Path>,
+    timeout: Duration,
+) -> io::Result<std::process::Output> {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = match netns {
+        Some(ns) => netns::run_in(ns, move || cmd.spawn())?,
+        None => cmd.spawn()?,
+    };
+    let group = i32::try_from(child.id()).unwrap_or(0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("cloudsim-oneshot".into())
+        .spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(output) => output,
+        Err(_) => {
+            // The child is not reaped yet (its waiter still holds it), so the group id is
+            // still ours.
+            if group > 0 {
+                let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+            }
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("still running after {timeout:?}; killed"),
+            ))
+        }
+    }
+}
+
 fn signal_all(pids: &[i32], signal: Signal) {
     for pid in pids {
         let _ = kill(Pid::from_raw(*pid), signal);
@@ -334,6 +379,20 @@ mod tests {
         assert!(mounted.success());
         assert_eq!(unmount_below(&dir.path().join("vm")), 1);
         assert_eq!(unmount_below(&dir.path().join("vm")), 0, "gone");
+    }
+
+    #[test]
+    fn one_shot_programs_run_to_their_end_or_are_killed_in_time() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let out = run_to_end(cmd, None, Duration::from_secs(10)).unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+        let mut slow = Command::new("sleep");
+        slow.arg("300");
+        let err = run_to_end(slow, None, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
     #[test]
