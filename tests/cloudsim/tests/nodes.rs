@@ -604,3 +604,437 @@ async fn loopback_nodes_reach_the_controller_directly_and_restart_with_the_simul
         })
         .await;
 }
+
+// === shared networks, external load balancers, keys, faults, boot semantics ===
+
+/// Deploys `name` on `network` with `userdata` and extra arguments; returns id and address.
+async fn deploy_with(
+    client: &Client,
+    network: &str,
+    name: &str,
+    userdata: &str,
+    extra: &[(&str, &str)],
+) -> (String, String) {
+    let (zone, offering, template) = seeded_ids(client).await;
+    let mut args = vec![
+        ("zoneid", zone.as_str()),
+        ("serviceofferingid", offering.as_str()),
+        ("templateid", template.as_str()),
+        ("networkids", network),
+        ("name", name),
+        ("userdata", userdata),
+    ];
+    args.extend_from_slice(extra);
+    let result = client.run("deployVirtualMachine", &args).await;
+    let vm = &result["virtualmachine"];
+    assert_eq!(vm["state"], "Running", "{result}");
+    (
+        vm["id"].as_str().expect("vm id").to_owned(),
+        vm["nic"][0]["ipaddress"].as_str().expect("ip").to_owned(),
+    )
+}
+
+/// Waits until VM `vm`'s node has its namespace (its boot runs after the start job).
+async fn booted_namespace(sim: &SimHandle, vm: &str) -> PathBuf {
+    for _ in 0..300 {
+        if let Some(ns) = sim.node(vm).and_then(|n| n.netns) {
+            return ns;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node {vm} never got its namespace");
+}
+
+/// Waits until VM `vm`'s node has no process and no namespace left.
+async fn halted(sim: &SimHandle, vm: &str) {
+    for _ in 0..300 {
+        let node = sim.node(vm).expect("disk kept");
+        if node.pids.is_empty() && node.netns.is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("node {vm} did not stop");
+}
+
+async fn shared_network(admin: &Client, zone: &str) -> String {
+    let offerings = admin
+        .ok(
+            "listNetworkOfferings",
+            &[("name", "DefaultSharedNetworkOffering")],
+        )
+        .await;
+    let offering = offerings["networkoffering"][0]["id"]
+        .as_str()
+        .expect("offering");
+    let created = admin
+        .ok(
+            "createNetwork",
+            &[
+                ("name", "shared"),
+                ("networkofferingid", offering),
+                ("zoneid", zone),
+                ("gateway", "10.70.0.254"),
+                ("netmask", "255.255.255.0"),
+                ("startip", "10.70.0.10"),
+                ("endip", "10.70.0.20"),
+                ("vlan", "70"),
+            ],
+        )
+        .await;
+    created["network"]["id"]
+        .as_str()
+        .expect("network id")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_network_nodes_get_their_range_keys_and_an_external_load_balancer() {
+    if !nodes_possible("the shared-network test") {
+        return;
+    }
+    let controller = Controller::start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let sim = start_sim(
+        state.path(),
+        &controller,
+        "127.79.0.0/24",
+        NetworkMode::Netns,
+    )
+    .await;
+    let admin = Client::new(&sim.endpoint(), sim.admin_keys());
+    let user = Client::new(&sim.endpoint(), sim.user_keys());
+    let (zone, _, _) = seeded_ids(&admin).await;
+    let network = shared_network(&admin, &zone).await;
+    let key = cloudsim::sshkey::generate("ops@example").expect("key");
+    user.ok(
+        "registerSSHKeyPair",
+        &[("name", "ops"), ("publickey", &key.public_key)],
+    )
+    .await;
+    sim.set_faults(cloudsim::faults::FaultConfig {
+        never_boot: Some(cloudsim::faults::NeverBoot {
+            rate: 1.0,
+            name_pattern: Some("hang-*".into()),
+        }),
+        ..Default::default()
+    });
+
+    // A user's nodes on the admin's shared network: addresses from its range, its gateway.
+    let (vm1, ip1) = deploy_with(
+        &user,
+        &network,
+        "lb-1",
+        &controller.userdata("lb-1", TemplateKind::CloudInit),
+        &[("keypair", "ops")],
+    )
+    .await;
+    let (vm2, ip2) = deploy_with(
+        &user,
+        &network,
+        "lb-2",
+        &controller.userdata("lb-2", TemplateKind::Ignition),
+        &[],
+    )
+    .await;
+    let (hung, _) = deploy_with(
+        &user,
+        &network,
+        "hang-1",
+        &controller.userdata("hang-1", TemplateKind::CloudInit),
+        &[],
+    )
+    .await;
+    assert_eq!((ip1.as_str(), ip2.as_str()), ("10.70.0.10", "10.70.0.11"));
+    let ns1 = booted_namespace(&sim, &vm1).await;
+    let ns2 = booted_namespace(&sim, &vm2).await;
+    let name1 = ns1.file_name().and_then(|n| n.to_str()).expect("ns name");
+    let route = Command::new("ip")
+        .args(["-n", name1, "route", "show", "default"])
+        .output()
+        .expect("ip route");
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(route.contains("via 10.70.0.254"), "{route}");
+
+    // The key pair lands where cloud-init puts it.
+    let node1 = sim.node(&vm1).expect("node-1");
+    let keys = node1.root.join("root/.ssh/authorized_keys");
+    for _ in 0..100 {
+        if keys.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&keys).expect("authorized_keys");
+    assert_eq!(text.trim(), key.public_key);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&keys).expect("mode").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Nodes of the shared network reach each other.
+    let servers = vec![
+        serve_in_node(&ns1, 8080, "lb-1"),
+        serve_in_node(&ns2, 8080, "lb-2"),
+    ];
+    assert_eq!(ask_from_node(&ns1, &format!("{ip2}:8080")).await, "lb-2");
+
+    // The operator's load balancer, outside the public range: from the host and from inside
+    // a node (hairpin), round-robin over both nodes.
+    let lb = "127.79.1.10:6443";
+    sim.add_external_lb(
+        "127.79.1.10".parse().expect("ip"),
+        6443,
+        vec![vm1.clone(), vm2.clone()],
+        8080,
+    )
+    .expect("external lb");
+    let first = ask_from_host(lb).await;
+    assert!(first == "lb-1" || first == "lb-2", "{first:?}");
+    let mut answers = vec![first];
+    for _ in 0..3 {
+        answers.push(ask_from_host(lb).await);
+    }
+    answers.sort();
+    assert_eq!(answers, vec!["lb-1", "lb-1", "lb-2", "lb-2"]);
+    let inside = ask_from_node(&ns2, lb).await;
+    assert!(inside == "lb-1" || inside == "lb-2", "{inside:?}");
+    // A stopped target leaves the rotation.
+    user.run("stopVirtualMachine", &[("id", &vm2)]).await;
+    for _ in 0..4 {
+        assert_eq!(ask_from_host(lb).await, "lb-1");
+    }
+    for server in servers {
+        server.abort();
+    }
+
+    // The VM that never boots: Running, its NIC plugged, nothing running, no agent.
+    let listed = user.ok("listVirtualMachines", &[("id", &hung)]).await;
+    assert_eq!(listed["virtualmachine"][0]["state"], "Running");
+    booted_namespace(&sim, &hung).await;
+    let node = sim.node(&hung).expect("hung node");
+    assert!(node.pids.is_empty(), "{:?}", node.pids);
+    assert!(!node.log_dir.join("agent.log").exists());
+    assert!(
+        sim.fault_log()
+            .iter()
+            .any(|e| e.fault == "never_boot" && e.target.as_deref() == Some("hang-1"))
+    );
+    // Without the fault, its next start boots it.
+    sim.set_faults(cloudsim::faults::FaultConfig::default());
+    user.run("stopVirtualMachine", &[("id", &hung)]).await;
+    halted(&sim, &hung).await;
+    user.run("startVirtualMachine", &[("id", &hung)]).await;
+    controller
+        .wait("hang-1", "the agent of the formerly hung node", |s| {
+            s.connected
+        })
+        .await;
+}
+
+/// kubeadm's kubelet drop-in and the kubelet unit, as the bundle installs them.
+const KUBELET_SERVICE: &str = "[Unit]\nDescription=kubelet\n\n[Service]\nExecStart=/opt/bin/kubelet\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n";
+const KUBEADM_DROPIN: &str = "[Service]\nEnvironment=\"KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf\"\nEnvironment=\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml\"\nEnvironmentFile=-/var/lib/kubelet/kubeadm-flags.env\nExecStart=\nExecStart=/opt/bin/kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS\n";
+/// A CNI stand-in: any DaemonSet other than kube-proxy makes kubesim's nodes Ready.
+const CNI: &str = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: cni\n  namespace: kube-system\nspec:\n  selector:\n    matchLabels: {app: cni}\n  template:\n    metadata:\n      labels: {app: cni}\n    spec:\n      hostNetwork: true\n      tolerations: [{operator: Exists}]\n      containers: [{name: cni, image: example.local/cni:v1}]\n";
+
+/// Installs what the bundle would on a node: the kubelet unit and drop-in, and `/opt/bin`
+/// wrappers running kubesim's kubelet and kubeadm.
+fn install_kubelet(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let units = root.join("etc/systemd/system");
+    std::fs::create_dir_all(units.join("kubelet.service.d")).expect("units");
+    std::fs::write(units.join("kubelet.service"), KUBELET_SERVICE).expect("unit");
+    std::fs::write(
+        units.join("kubelet.service.d/10-kubeadm.conf"),
+        KUBEADM_DROPIN,
+    )
+    .expect("drop-in");
+    for program in ["kubelet", "kubeadm"] {
+        let path = root.join("opt/bin").join(program);
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("opt/bin");
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\nexec \"$KUBESIM_BIN/{program}\" \"$@\"\n"),
+        )
+        .expect("wrapper");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("mode");
+    }
+}
+
+/// Runs a program inside the node and returns its stdout, asserting success.
+async fn in_node(sim: &SimHandle, vm: &str, program: &Path, args: &[&str]) -> String {
+    let out = sim
+        .node_exec(vm, program, args, Duration::from_secs(180))
+        .await
+        .unwrap_or_else(|e| panic!("{program:?} {args:?}: {}", cloudsim::nodes::error_chain(&e)));
+    assert!(
+        out.status.success(),
+        "{program:?} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The node's Ready condition status and heartbeat, as kubectl inside the node reads them.
+async fn node_ready(
+    sim: &SimHandle,
+    vm: &str,
+    root: &Path,
+    name: &str,
+) -> Option<(String, String)> {
+    let admin_conf = root.join("etc/kubernetes/admin.conf");
+    let kubeconfig = format!("--kubeconfig={}", admin_conf.display());
+    let out = sim
+        .node_exec(
+            vm,
+            "/usr/bin/kubectl",
+            &[
+                &kubeconfig,
+                "get",
+                "node",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime}",
+            ],
+            Duration::from_secs(30),
+        )
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, heartbeat) = text.trim().split_once(' ')?;
+    out.status
+        .success()
+        .then(|| (status.to_owned(), heartbeat.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enabled_kubelet_starts_at_boot_and_the_node_comes_back_ready() {
+    if !nodes_possible("the kubelet-at-boot test") {
+        return;
+    }
+    if let Err(err) = cks_fixtures::require_tools(&["kubectl"]) {
+        eprintln!("SKIPPED the kubelet-at-boot test: {err:#}; run scripts/install-deps.sh");
+        return;
+    }
+    let controller = Controller::start().await;
+    let state = tempfile::tempdir().expect("state dir");
+    let sim = start_sim(
+        state.path(),
+        &controller,
+        "127.80.0.0/24",
+        NetworkMode::Netns,
+    )
+    .await;
+    let user = Client::new(&sim.endpoint(), sim.user_keys());
+    let (zone, _, _) = seeded_ids(&user).await;
+    let network = create_network(&user, &zone, "kube-net").await;
+    let (vm, ip) = deploy(
+        &user,
+        &network,
+        "kube-1",
+        &controller.userdata("kube-1", TemplateKind::CloudInit),
+    )
+    .await;
+    booted_namespace(&sim, &vm).await;
+    let root = sim.node(&vm).expect("node").root;
+    install_kubelet(&root);
+    let systemctl = state.path().join("node-bin/systemctl");
+    let log = root.join("var/log/kubesim/systemctl.log");
+
+    // A control plane, as the agent would make it: kubeadm init, kubelet enabled, a CNI.
+    let endpoint = format!("{ip}:6443");
+    let init = in_node(
+        &sim,
+        &vm,
+        &root.join("opt/bin/kubeadm"),
+        &[
+            "init",
+            "--control-plane-endpoint",
+            &endpoint,
+            "--apiserver-advertise-address",
+            &ip,
+            "--pod-network-cidr",
+            "10.244.0.0/16",
+            "--node-name",
+            "kube-1",
+        ],
+    )
+    .await;
+    assert!(init.contains("kube-apiserver is healthy"), "{init}");
+    in_node(&sim, &vm, &systemctl, &["enable", "kubelet"]).await;
+    let manifest = root.join("root/cni.yaml");
+    std::fs::write(&manifest, CNI).expect("manifest");
+    let kubeconfig = format!(
+        "--kubeconfig={}",
+        root.join("etc/kubernetes/admin.conf").display()
+    );
+    let file = manifest.display().to_string();
+    in_node(
+        &sim,
+        &vm,
+        Path::new("/usr/bin/kubectl"),
+        &[&kubeconfig, "apply", "-f", &file],
+    )
+    .await;
+    let mut before = None;
+    for _ in 0..90 {
+        if let Some((status, heartbeat)) = node_ready(&sim, &vm, &root, "kube-1").await
+            && status == "True"
+        {
+            before = Some(heartbeat);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let before = before.expect("kube-1 Ready before the stop");
+
+    // Stop and start: nothing but the boot starts the kubelet again (the agent does not).
+    user.run("stopVirtualMachine", &[("id", &vm)]).await;
+    halted(&sim, &vm).await;
+    user.run("startVirtualMachine", &[("id", &vm)]).await;
+    booted_namespace(&sim, &vm).await;
+    let mut after = None;
+    for _ in 0..120 {
+        if let Some((status, heartbeat)) = node_ready(&sim, &vm, &root, "kube-1").await
+            && status == "True"
+            && heartbeat != before
+        {
+            after = Some(heartbeat);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(after.is_some(), "kube-1 Ready again with a fresh heartbeat");
+    let active = in_node(&sim, &vm, &systemctl, &["is-active", "kubelet"]).await;
+    assert_eq!(active.trim(), "active");
+    let calls = std::fs::read_to_string(&log).expect("systemctl log");
+    assert!(
+        calls.contains("systemctl is-enabled --quiet kubelet.service")
+            && calls.contains("systemctl start kubelet.service"),
+        "{calls}"
+    );
+
+    // Disabled, a reboot leaves it stopped, as systemd would.
+    in_node(&sim, &vm, &systemctl, &["disable", "kubelet"]).await;
+    let checks = |text: &str| text.matches("is-enabled --quiet kubelet.service").count();
+    let seen = checks(&calls);
+    user.run("rebootVirtualMachine", &[("id", &vm)]).await;
+    for _ in 0..300 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if checks(&text) > seen {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = sim
+        .node_exec(
+            &vm,
+            &systemctl,
+            &["is-active", "kubelet"],
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("systemctl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "inactive");
+}
