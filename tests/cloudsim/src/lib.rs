@@ -11,7 +11,12 @@
 //!
 //! Faults are injected through [`faults::FaultConfig`] (at start, via `POST /sim/faults`, or
 //! [`SimHandle::set_faults`]): per-command error rates, latency, lost responses, failing jobs,
-//! capacity exhaustion; deterministic for a seed; every injected fault is logged.
+//! capacity exhaustion, VMs that never boot; deterministic for a seed; every injected fault is
+//! logged.
+//!
+//! Test hooks beyond the API: an operator's load balancer outside CloudStack
+//! ([`SimHandle::add_external_lb`], `POST /sim/external-lb`, see [`external_lb`]) and running a
+//! program inside a node ([`SimHandle::node_exec`]).
 //!
 //! VMs become nodes through [`node::NodeRunner`]: records only by default, or, with
 //! [`SimConfig::nodes`], process trees running the real `cks-agent` with the VM's userdata, in a

@@ -16,8 +16,13 @@
 //!    forwarders for public IPs (hairpin) and egress endpoints come up inside it ([`forward`]);
 //! 5. starts a containerd of its own (config `<root>/etc/containerd/config.toml`, written on
 //!    first boot, root `<root>/var/lib/containerd`, socket under `<root>/run/containerd`), then
-//!    `cks-agent run --root <root> --containerd-socket … --dev-dir … --sys-dir … --mount
-//!    user-space` (the host kernel cannot mount iso9660).
+//!    the units enabled on the node's disk, as systemd does at boot (`systemctl is-enabled` and
+//!    `systemctl start` with the node's stand-in, e.g. the kubelet after `systemctl enable
+//!    kubelet`), then `cks-agent run --root <root> --containerd-socket … --dev-dir … --sys-dir …
+//!    --mount user-space` (the host kernel cannot mount iso9660).
+//!
+//! Before that, the VM's SSH public keys are added to `<root>/root/.ssh/authorized_keys`. A VM
+//! hit by the never-boot fault gets only step 4: its NICs exist, nothing runs.
 //!
 //! Every process of the node runs with `KUBESIM_ROOT=<root>`, `KUBESIM_CLUSTER=<state>/kubesim`,
 //! `KUBESIM_BIN=<kubesim bin dir>`, `HOSTNAME=<vm name>` and a `PATH` whose first directory
