@@ -30,6 +30,17 @@ async fn other_commands_are_forwarded_to_cloudstack_unchanged() {
         .collect();
     assert!(names.contains(&"createKubernetesCluster"), "{names:?}");
     assert!(!names.contains(&"addKubernetesSupportedVersion"));
+    assert!(
+        names.contains(&"listZones"),
+        "CloudStack's own are listed too"
+    );
+    let one = env
+        .user
+        .call("listApis", &[("name", "createKubernetesCluster")])
+        .await
+        .unwrap();
+    assert_eq!(one["count"], 1);
+    assert_eq!(one["api"][0]["isasync"], true);
     env.stop().await;
 }
 
