@@ -140,6 +140,7 @@ async fn public_ip(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     if !is_isolated(&sc.cluster) {
         if let Some(ip) = sc.cluster.external_lb_ip.clone() {
             sc.cluster.server_ip = Some(ip.clone());
+            sc.cluster.endpoint = Some(format!("https://{ip}:{API_PORT}/"));
             return Ok(format!("API behind the external load balancer {ip}"));
         }
         return Ok("shared network: the API is reached on the first control node".into());

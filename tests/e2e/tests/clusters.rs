@@ -375,3 +375,132 @@ async fn the_unmodified_python_cs_client_creates_uses_and_deletes_a_cluster() {
     let stack = std::sync::Arc::into_inner(stack).unwrap();
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ha_cluster_on_a_shared_network_is_reached_through_the_operators_load_balancer() {
+    if !nodes_possible("shared network cluster end to end") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start(&Programs::beside_test().unwrap())
+        .await
+        .unwrap();
+    let version = stack.add_version(&isos()[0]).await.unwrap();
+    let (zone, offering) = stack.zone_and_offering().await.unwrap();
+    // The operator's shared network and, in front of it, their load balancer.
+    let offerings = stack
+        .admin
+        .call(
+            "listNetworkOfferings",
+            &[("name", "DefaultSharedNetworkOffering")],
+        )
+        .await
+        .unwrap();
+    let shared_offering = offerings["networkoffering"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let network = stack
+        .admin
+        .call(
+            "createNetwork",
+            &[
+                ("zoneid", &zone),
+                ("networkofferingid", &shared_offering),
+                ("name", "shared"),
+                ("displaytext", "shared"),
+                ("gateway", "10.70.0.1"),
+                ("netmask", "255.255.255.0"),
+                ("startip", "10.70.0.10"),
+                ("endip", "10.70.0.100"),
+                ("vlan", "70"),
+            ],
+        )
+        .await
+        .unwrap();
+    let network = network["network"]["id"].as_str().unwrap().to_string();
+    const LB_IP: &str = "127.99.0.10";
+    let job = stack
+        .user
+        .submit(
+            "createKubernetesCluster",
+            &[
+                ("name", "shared"),
+                ("zoneid", &zone),
+                ("kubernetesversionid", &version),
+                ("serviceofferingid", &offering),
+                ("controlnodes", "3"),
+                ("size", "1"),
+                ("networkid", &network),
+                ("externalloadbalanceripaddress", LB_IP),
+            ],
+        )
+        .await
+        .unwrap();
+    let id = job.id.clone().unwrap();
+    // As soon as the control VMs exist, the operator points the load balancer at them.
+    let mut control = Vec::new();
+    for _ in 0..600 {
+        let listed = stack
+            .user
+            .call("listKubernetesClusters", &[("id", &id)])
+            .await
+            .unwrap();
+        let vms = listed["kubernetescluster"][0]["virtualmachines"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        control = vms
+            .iter()
+            .filter(|vm| vm["iscontrolnode"] == true)
+            .filter_map(|vm| vm["id"].as_str().map(str::to_string))
+            .collect();
+        if control.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(control.len(), 3, "the control VMs never appeared");
+    stack
+        .sim
+        .add_external_lb(LB_IP.parse().unwrap(), 6443, control, 6443)
+        .unwrap();
+    let result = stack
+        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
+        .await
+        .unwrap();
+    let cluster = &result["kubernetescluster"];
+    assert_eq!(cluster["state"], "Running", "{cluster:#}");
+    assert_eq!(cluster["endpoint"], format!("https://{LB_IP}:6443/"));
+    assert_eq!(cluster["externalloadbalanceripaddress"], LB_IP);
+    assert!(
+        cluster.get("ipaddress").is_none(),
+        "no public IP on a shared network"
+    );
+    // The controller made no public IP nor rules: the network and its balancer are the operator's.
+    let ips = stack
+        .admin
+        .call("listPublicIpAddresses", &[("listall", "true")])
+        .await
+        .unwrap();
+    assert!(ips.get("publicipaddress").is_none(), "{ips}");
+    let config = kubeconfig(&stack, &id).await;
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains(&format!("server: https://{LB_IP}:6443"))
+    );
+    let ready = tokio::task::spawn_blocking(move || ready_nodes(config))
+        .await
+        .unwrap();
+    assert_eq!(ready.len(), 4, "{ready:?}");
+    delete_and_check_nothing_is_left(&stack, &id).await;
+    // The shared network is the operator's: still there.
+    let networks = stack
+        .admin
+        .call("listNetworks", &[("id", &network)])
+        .await
+        .unwrap();
+    assert_eq!(networks["count"], 1);
+    stack.stop().await;
+}
