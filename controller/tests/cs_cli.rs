@@ -5,52 +5,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
+use cks_fixtures::cs::Cs;
 use common::Env;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::process::Command;
-
-struct Cs {
-    bin: PathBuf,
-    home: PathBuf,
-    endpoint: String,
-    key: String,
-    secret: String,
-}
-
-impl Cs {
-    async fn run(&self, post: bool, args: &[&str]) -> (bool, Value, String) {
-        let output = tokio::time::timeout(
-            Duration::from_secs(60),
-            Command::new(&self.bin)
-                .args(args)
-                .env_clear()
-                .env("HOME", &self.home)
-                .env("PATH", "/usr/bin:/bin")
-                .env("CLOUDSTACK_ENDPOINT", &self.endpoint)
-                .env("CLOUDSTACK_KEY", &self.key)
-                .env("CLOUDSTACK_SECRET", &self.secret)
-                .env("CLOUDSTACK_METHOD", if post { "post" } else { "get" })
-                .output(),
-        )
-        .await
-        .expect("cs timed out")
-        .expect("run cs");
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-        let value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-        (output.status.success(), value, format!("{stdout}{stderr}"))
-    }
-
-    async fn ok(&self, post: bool, args: &[&str]) -> Value {
-        let (ok, value, text) = self.run(post, args).await;
-        assert!(ok, "cs {args:?} failed: {text}");
-        value
-    }
-}
 
 #[tokio::test]
 async fn the_python_cs_client_drives_the_controller() {

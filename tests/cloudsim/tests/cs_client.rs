@@ -6,84 +6,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use cks_fixtures::cs::Cs;
 use cloudsim::{SimConfig, Simulator};
 use serde_json::Value;
-use tokio::process::Command;
-
-fn cs_binary(scratch: &std::path::Path) -> PathBuf {
-    let workspace_venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/venv");
-    let candidates = std::env::var_os("CKS_VENV")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([workspace_venv]);
-    for venv in candidates {
-        let cs = venv.join("bin/cs");
-        if cs.exists() {
-            return cs;
-        }
-    }
-    let venv = scratch.join("venv");
-    let status = std::process::Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 -m venv");
-    assert!(status.success(), "creating a venv failed");
-    let status = std::process::Command::new(venv.join("bin/pip"))
-        .args(["install", "-q", "cs"])
-        .status()
-        .expect("pip install cs");
-    assert!(
-        status.success(),
-        "pip install cs failed; run scripts/install-deps.sh"
-    );
-    venv.join("bin/cs")
-}
-
-struct Cs {
-    bin: PathBuf,
-    home: PathBuf,
-    endpoint: String,
-    key: String,
-    secret: String,
-}
-
-impl Cs {
-    /// Runs `cs <args>`; returns success and the parsed stdout (or stderr on failure).
-    async fn run(&self, post: bool, args: &[&str]) -> (bool, Value, String) {
-        let output = tokio::time::timeout(
-            Duration::from_secs(30),
-            Command::new(&self.bin)
-                .args(args)
-                .env_clear()
-                .env("HOME", &self.home)
-                .env("PATH", "/usr/bin:/bin")
-                .env("CLOUDSTACK_ENDPOINT", &self.endpoint)
-                .env("CLOUDSTACK_KEY", &self.key)
-                .env("CLOUDSTACK_SECRET", &self.secret)
-                .env("CLOUDSTACK_METHOD", if post { "post" } else { "get" })
-                .output(),
-        )
-        .await
-        .expect("cs timed out")
-        .expect("run cs");
-        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-        let value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-        (output.status.success(), value, format!("{stdout}{stderr}"))
-    }
-
-    async fn ok(&self, post: bool, args: &[&str]) -> Value {
-        let (ok, value, text) = self.run(post, args).await;
-        let shown: String = format!("{args:?}").chars().take(300).collect();
-        let text: String = text.chars().take(2000).collect();
-        assert!(ok, "cs {shown} failed: {text}");
-        value
-    }
-}
 
 #[tokio::test]
 async fn the_python_cs_client_works_against_the_simulator() {
@@ -91,7 +18,7 @@ async fn the_python_cs_client_works_against_the_simulator() {
     let sim = Simulator::start(SimConfig::for_tests()).await.unwrap();
     let keys = sim.user_keys();
     let cs = Cs {
-        bin: cs_binary(scratch.path()),
+        bin: cks_fixtures::tools::cs_binary(scratch.path()).unwrap(),
         home: scratch.path().to_owned(),
         endpoint: sim.endpoint(),
         key: keys.api_key.clone(),

@@ -288,33 +288,6 @@ async fn a_private_registry_reaches_every_node_and_its_password_nothing_else() {
     stack.stop().await;
 }
 
-/// `cs` as a person would run it against the controller; returns its parsed stdout.
-fn cs(stack: &Stack, keys: &cloudsim::Keys, args: &[&str]) -> Value {
-    let bin = cks_fixtures::tools::cs_binary(stack.dir.path()).unwrap();
-    let output = std::process::Command::new(bin)
-        .args(args)
-        .env_clear()
-        .env("HOME", stack.dir.path())
-        .env("PATH", "/usr/bin:/bin")
-        .env(
-            "CLOUDSTACK_ENDPOINT",
-            format!("http://{}/client/api", stack.api_addr()),
-        )
-        .env("CLOUDSTACK_KEY", &keys.api_key)
-        .env("CLOUDSTACK_SECRET", &keys.secret_key)
-        .env("CLOUDSTACK_METHOD", "post")
-        .env("CLOUDSTACK_TIMEOUT", "600")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "cs {args:?}: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_unmodified_python_cs_client_creates_uses_and_deletes_a_cluster() {
     if !nodes_possible("cluster end to end with cs") {
@@ -326,14 +299,18 @@ async fn the_unmodified_python_cs_client_creates_uses_and_deletes_a_cluster() {
         .unwrap();
     let version = stack.add_version(&isos()[0]).await.unwrap();
     let (zone, offering) = stack.zone_and_offering().await.unwrap();
-    let user = stack.sim.user_keys().clone();
-    let stack = std::sync::Arc::new(stack);
-    let (s, u) = (stack.clone(), user.clone());
+    let keys = stack.sim.user_keys();
+    let cs = cks_fixtures::cs::Cs {
+        bin: cks_fixtures::tools::cs_binary(stack.dir.path()).unwrap(),
+        home: stack.dir.path().to_path_buf(),
+        endpoint: format!("http://{}/client/api", stack.api_addr()),
+        key: keys.api_key.clone(),
+        secret: keys.secret_key.clone(),
+    };
     // cs waits for the async job itself (queryAsyncJobResult), as it does with CloudStack.
-    let created = tokio::task::spawn_blocking(move || {
-        cs(
-            &s,
-            &u,
+    let created = cs
+        .ok(
+            true,
             &[
                 "createKubernetesCluster",
                 "name=from-cs",
@@ -343,18 +320,13 @@ async fn the_unmodified_python_cs_client_creates_uses_and_deletes_a_cluster() {
                 "size=1",
             ],
         )
-    })
-    .await
-    .unwrap();
+        .await;
     let cluster = &created["kubernetescluster"];
     assert_eq!(cluster["state"], "Running", "{created:#}");
     let id = cluster["id"].as_str().unwrap().to_string();
-    let (s, u, i) = (stack.clone(), user.clone(), id.clone());
-    let config = tokio::task::spawn_blocking(move || {
-        cs(&s, &u, &["getKubernetesClusterConfig", &format!("id={i}")])
-    })
-    .await
-    .unwrap();
+    let config = cs
+        .ok(false, &["getKubernetesClusterConfig", &format!("id={id}")])
+        .await;
     let path = stack.dir.path().join("cs.kubeconfig");
     std::fs::write(
         &path,
@@ -365,14 +337,10 @@ async fn the_unmodified_python_cs_client_creates_uses_and_deletes_a_cluster() {
         .await
         .unwrap();
     assert_eq!(ready.len(), 2, "{ready:?}");
-    let (s, u, i) = (stack.clone(), user.clone(), id.clone());
-    let deleted = tokio::task::spawn_blocking(move || {
-        cs(&s, &u, &["deleteKubernetesCluster", &format!("id={i}")])
-    })
-    .await
-    .unwrap();
+    let deleted = cs
+        .ok(true, &["deleteKubernetesCluster", &format!("id={id}")])
+        .await;
     assert_eq!(deleted["success"], true, "{deleted:#}");
-    let stack = std::sync::Arc::into_inner(stack).unwrap();
     stack.stop().await;
 }
 
