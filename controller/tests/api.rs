@@ -456,3 +456,29 @@ async fn a_cluster_whose_creation_failed_is_in_error_and_deleted_without_leftove
     tokio::time::sleep(Duration::from_millis(10)).await;
     env.stop().await;
 }
+
+#[tokio::test]
+async fn new_keys_work_at_once() {
+    let env = Env::start().await;
+    // Warm the identity cache with the user's current keys.
+    env.user.call("listKubernetesClusters", &[]).await.unwrap();
+    let keys = env
+        .admin
+        .call("registerUserKeys", &[("id", &env.sim.user_keys().user_id)])
+        .await
+        .unwrap();
+    let fresh = cloudsim::Keys {
+        user_id: env.sim.user_keys().user_id.clone(),
+        api_key: keys["userkeys"]["apikey"].as_str().unwrap().to_string(),
+        secret_key: keys["userkeys"]["secretkey"].as_str().unwrap().to_string(),
+    };
+    let listed = client(&env.endpoint(), &fresh)
+        .call("listKubernetesClusters", &[])
+        .await;
+    assert!(listed.is_ok(), "{listed:?}");
+    // The old key is refused by CloudStack at once, by the controller once its identity cache
+    // (30 s) forgets it: a bad signature never makes the controller ask CloudStack again, so
+    // forged requests cannot be turned into load on the management server.
+    api_error(env.user.call("listZones", &[]).await, 401);
+    env.stop().await;
+}

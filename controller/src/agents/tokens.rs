@@ -161,6 +161,8 @@ impl EnrollmentTokens for StoreTokens {
         token
     }
 
+    /// A presented token is spent whatever the outcome: one that was expired or shown by the
+    /// wrong node cannot be tried again.
     fn consume(&self, token: &str, node_name: &str) -> Result<NodeIdentity, TokenError> {
         let record = self
             .store
