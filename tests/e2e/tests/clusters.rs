@@ -65,6 +65,27 @@ async fn create(stack: &Stack, extra: &[(&str, &str)]) -> Value {
     }
 }
 
+/// The stack for one test, when this machine can run it (else the test is skipped with a
+/// message), holding the one-cluster-at-a-time lock.
+async fn start(what: &str) -> Option<(tokio::sync::MutexGuard<'static, ()>, Stack)> {
+    if !nodes_possible(what) {
+        return None;
+    }
+    let serial = ONE_AT_A_TIME.lock().await;
+    let stack = Stack::start(&Programs::beside_test().unwrap())
+        .await
+        .unwrap();
+    Some((serial, stack))
+}
+
+/// The Ready nodes as the real kubectl sees them through the kubeconfig of cluster `id`.
+async fn ready(stack: &Stack, id: &str) -> Vec<String> {
+    let config = kubeconfig(stack, id).await;
+    tokio::task::spawn_blocking(move || ready_nodes(config))
+        .await
+        .unwrap()
+}
+
 fn ready_nodes(kubeconfig: std::path::PathBuf) -> Vec<String> {
     let nodes: Value =
         serde_json::from_str(&kubectl(&kubeconfig, &["get", "nodes", "-o", "json"]).unwrap())
@@ -117,13 +138,9 @@ async fn delete_and_check_nothing_is_left(stack: &Stack, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_is_created_used_with_kubectl_and_deleted() {
-    if !nodes_possible("cluster end to end") {
+    let Some((_serial, stack)) = start("cluster end to end").await else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let stack = Stack::start(&Programs::beside_test().unwrap())
-        .await
-        .unwrap();
+    };
     let cluster = create(&stack, &[("name", "e2e"), ("size", "1")]).await;
     assert_eq!(cluster["state"], "Running", "{cluster:#}");
     assert_eq!(cluster["virtualmachines"].as_array().unwrap().len(), 2);
@@ -150,13 +167,9 @@ async fn a_cluster_is_created_used_with_kubectl_and_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ha_cluster_of_three_control_nodes_and_two_workers_runs_behind_the_load_balancer() {
-    if !nodes_possible("HA cluster end to end") {
+    let Some((_serial, stack)) = start("HA cluster end to end").await else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let stack = Stack::start(&Programs::beside_test().unwrap())
-        .await
-        .unwrap();
+    };
     let cluster = create(
         &stack,
         &[("name", "ha"), ("controlnodes", "3"), ("size", "2")],
@@ -191,10 +204,7 @@ async fn an_ha_cluster_of_three_control_nodes_and_two_workers_runs_behind_the_lo
         .unwrap();
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0]["name"], "api-lb");
-    let config = kubeconfig(&stack, &id).await;
-    let ready = tokio::task::spawn_blocking(move || ready_nodes(config))
-        .await
-        .unwrap();
+    let ready = ready(&stack, &id).await;
     assert_eq!(ready.len(), 5, "{ready:?}");
     delete_and_check_nothing_is_left(&stack, &id).await;
     stack.stop().await;
@@ -202,13 +212,9 @@ async fn an_ha_cluster_of_three_control_nodes_and_two_workers_runs_behind_the_lo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_private_registry_reaches_every_node_and_its_password_nothing_else() {
-    if !nodes_possible("private registry cluster end to end") {
+    let Some((_serial, stack)) = start("private registry cluster end to end").await else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let stack = Stack::start(&Programs::beside_test().unwrap())
-        .await
-        .unwrap();
+    };
     stack
         .admin
         .call(
@@ -290,13 +296,9 @@ async fn a_private_registry_reaches_every_node_and_its_password_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_unmodified_python_cs_client_creates_uses_and_deletes_a_cluster() {
-    if !nodes_possible("cluster end to end with cs") {
+    let Some((_serial, stack)) = start("cluster end to end with cs").await else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let stack = Stack::start(&Programs::beside_test().unwrap())
-        .await
-        .unwrap();
+    };
     let version = stack.add_version(&isos()[0]).await.unwrap();
     let (zone, offering) = stack.zone_and_offering().await.unwrap();
     let keys = stack.sim.user_keys();
@@ -346,13 +348,9 @@ async fn the_unmodified_python_cs_client_creates_uses_and_deletes_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ha_cluster_on_a_shared_network_is_reached_through_the_operators_load_balancer() {
-    if !nodes_possible("shared network cluster end to end") {
+    let Some((_serial, stack)) = start("shared network cluster end to end").await else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let stack = Stack::start(&Programs::beside_test().unwrap())
-        .await
-        .unwrap();
+    };
     let version = stack.add_version(&isos()[0]).await.unwrap();
     let (zone, offering) = stack.zone_and_offering().await.unwrap();
     // The operator's shared network and, in front of it, their load balancer.
