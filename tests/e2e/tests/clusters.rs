@@ -470,3 +470,90 @@ async fn an_ha_cluster_on_a_shared_network_is_reached_through_the_operators_load
     assert_eq!(networks["count"], 1);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_responses_and_transient_errors_from_cloudstack_make_nothing_twice() {
+    let Some((_serial, stack)) = start("cluster end to end under faults").await else {
+        return;
+    };
+    use cloudsim::faults::{FaultConfig, FaultRule};
+    // Half the answers to the commands that make things are lost after CloudStack acted, and
+    // half the load balancer creations fail with 503 before it acts (deterministic seed).
+    let lost = |command: &str| FaultRule {
+        command: command.into(),
+        error_rate: 0.0,
+        error_code: 530,
+        latency_ms: 0,
+        lost_response_rate: 0.5,
+        job_failure_rate: 0.0,
+    };
+    let mut rules: Vec<FaultRule> = [
+        "createNetwork",
+        "associateIpAddress",
+        "createFirewallRule",
+        "deployVirtualMachine",
+        "attachIso",
+        "startVirtualMachine",
+        "createTags",
+        "assignToLoadBalancerRule",
+    ]
+    .into_iter()
+    .map(lost)
+    .collect();
+    rules.push(FaultRule {
+        error_rate: 0.5,
+        error_code: 503,
+        lost_response_rate: 0.0,
+        ..lost("createLoadBalancerRule")
+    });
+    stack.sim.set_faults(FaultConfig {
+        seed: 7,
+        rules,
+        ..FaultConfig::default()
+    });
+    let cluster = create(&stack, &[("name", "faulty"), ("size", "1")]).await;
+    assert_eq!(cluster["state"], "Running", "{cluster:#}");
+    let injected = stack.sim.fault_log();
+    assert!(
+        injected.len() >= 3,
+        "too few faults injected to mean anything: {injected:?}"
+    );
+    stack.sim.set_faults(FaultConfig::default());
+
+    // Exactly what one clean run makes: 2 VMs, 1 network, 1 firewall rule, 1 LB rule.
+    let vms = stack
+        .admin
+        .call("listVirtualMachines", &[("listall", "true")])
+        .await
+        .unwrap();
+    assert_eq!(vms["count"], 2, "{vms:#}");
+    let networks = stack
+        .admin
+        .call("listNetworks", &[("listall", "true")])
+        .await
+        .unwrap();
+    assert_eq!(networks["count"], 1, "{networks:#}");
+    let ip = cluster["ipaddressid"].as_str().unwrap();
+    let firewall = stack
+        .admin
+        .call(
+            "listFirewallRules",
+            &[("ipaddressid", ip), ("listall", "true")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(firewall["count"], 1, "{firewall:#}");
+    let lb = stack
+        .admin
+        .call(
+            "listLoadBalancerRules",
+            &[("publicipid", ip), ("listall", "true")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(lb["count"], 1, "{lb:#}");
+    let id = cluster["id"].as_str().unwrap().to_string();
+    assert_eq!(ready(&stack, &id).await.len(), 2);
+    delete_and_check_nothing_is_left(&stack, &id).await;
+    stack.stop().await;
+}
