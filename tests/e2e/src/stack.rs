@@ -99,6 +99,8 @@ pub struct Programs {
     pub agent: PathBuf,
     /// The directory of the kubesim stand-ins (`kubeadm`, `kubelet`, `systemctl`).
     pub kubesim_bin: PathBuf,
+    /// `cks-controller`, for tests that run it as a process (to kill it).
+    pub controller: PathBuf,
 }
 
 impl Programs {
@@ -128,6 +130,7 @@ impl Programs {
         Ok(Programs {
             isobuilder: find("cks-isobuilder")?,
             agent: find("cks-agent")?,
+            controller: find("cks-controller")?,
             kubesim_bin: dir,
         })
     }
@@ -153,12 +156,82 @@ pub fn nodes_possible(what: &str) -> bool {
     true
 }
 
+/// `cks-controller serve` as a child process, so a test can kill it with SIGKILL mid-work and
+/// start it again on the same data directory and ports.
+pub struct ControllerProcess {
+    program: PathBuf,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl ControllerProcess {
+    /// Starts the controller; returns once its API answers.
+    ///
+    /// # Errors
+    /// It could not start or never listened.
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.program)
+            .arg("serve")
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting cks-controller")?;
+        self.child = Some(child);
+        let api = self
+            .env
+            .iter()
+            .find(|(k, _)| k == cks_controller::config::ENV_API_LISTEN)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        for _ in 0..300 {
+            if std::net::TcpStream::connect(&api).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "cks-controller did not listen on {api}; see {}",
+            self.log.display()
+        )
+    }
+
+    /// SIGKILL: no shutdown, no step boundary, as a crash or a power cut.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The controller's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The simulator with real nodes and the controller in front of it.
 pub struct Stack {
     /// The simulator.
     pub sim: SimHandle,
-    /// The controller.
+    /// The controller, in this process.
     pub controller: Option<Running>,
+    /// Or the controller as a child process ([`Stack::start_process`]).
+    pub process: Option<ControllerProcess>,
+    /// The API address (either kind of controller).
+    api: SocketAddr,
     /// The admin, through the controller.
     pub admin: CloudStackClient,
     /// The simulator's user, through the controller.
@@ -174,6 +247,19 @@ impl Stack {
     /// # Errors
     /// Something could not start.
     pub async fn start(programs: &Programs) -> Result<Stack> {
+        Self::start_with(programs, false).await
+    }
+
+    /// Like [`Stack::start`], with the controller as a child process on fixed ports
+    /// ([`Stack::process`]).
+    ///
+    /// # Errors
+    /// Something could not start.
+    pub async fn start_process(programs: &Programs) -> Result<Stack> {
+        Self::start_with(programs, true).await
+    }
+
+    async fn start_with(programs: &Programs, as_process: bool) -> Result<Stack> {
         let dir = tempfile::tempdir()?;
         let agent_port = free_port()?;
         let agents = SocketAddrV4::new([127, 0, 0, 1].into(), agent_port);
@@ -184,25 +270,54 @@ impl Stack {
         config.state_dir = Some(dir.path().join("cloudsim"));
         config.nodes = Some(nodes);
         let sim = Simulator::start(config).await?;
+        let keys = sim.admin_keys().clone();
+        let data_dir = dir.path().join("controller");
 
-        let keys = sim.admin_keys();
-        let file = format!(
-            "data_dir = {:?}\n[cloudstack]\nendpoint = {:?}\napi_key = {:?}\nsecret_key = {:?}\n\
-             [api]\nlisten = \"127.0.0.1:0\"\n[agents]\nlisten = \"{agents}\"\n",
-            dir.path().join("controller"),
-            sim.endpoint(),
-            keys.api_key,
-            keys.secret_key
-        );
-        let config = Config::from_sources(None, Some(&file), &Default::default())?;
-        let controller = server::start(&config).await?;
-        let endpoint = format!("http://{}/client/api", controller.api_addr);
+        let (controller, process, api) = if as_process {
+            let api = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            use cks_controller::config as c;
+            let env: Vec<(String, String)> = [
+                (c::ENV_ENDPOINT, sim.endpoint()),
+                (c::ENV_API_KEY, keys.api_key.clone()),
+                (c::ENV_SECRET_KEY, keys.secret_key.clone()),
+                (c::ENV_API_LISTEN, api.to_string()),
+                (c::ENV_AGENTS_LISTEN, agents.to_string()),
+                (c::ENV_DATA_DIR, data_dir.display().to_string()),
+                ("RUST_LOG", "info".to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let mut process = ControllerProcess {
+                program: programs.controller.clone(),
+                env,
+                log: dir.path().join("controller.log"),
+                child: None,
+            };
+            process.start()?;
+            (None, Some(process), api)
+        } else {
+            let file = format!(
+                "data_dir = {data_dir:?}\n[cloudstack]\nendpoint = {:?}\napi_key = {:?}\nsecret_key = {:?}\n\
+                 [api]\nlisten = \"127.0.0.1:0\"\n[agents]\nlisten = \"{agents}\"\n",
+                sim.endpoint(),
+                keys.api_key,
+                keys.secret_key
+            );
+            let config = Config::from_sources(None, Some(&file), &Default::default())?;
+            let controller = server::start(&config).await?;
+            let api = controller.api_addr;
+            (Some(controller), None, api)
+        };
+        let endpoint = format!("http://{api}/client/api");
         let admin = client(&endpoint, &keys.api_key, &keys.secret_key)?;
         let user_keys = sim.user_keys();
         let user = client(&endpoint, &user_keys.api_key, &user_keys.secret_key)?;
         Ok(Stack {
             sim,
-            controller: Some(controller),
+            controller,
+            process,
+            api,
             admin,
             user,
             dir,
@@ -211,9 +326,7 @@ impl Stack {
 
     /// The controller's API address.
     pub fn api_addr(&self) -> SocketAddr {
-        self.controller
-            .as_ref()
-            .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.api_addr)
+        self.api
     }
 
     /// Registers `iso` as a supported version and waits until its ISO is Ready.
@@ -291,6 +404,9 @@ impl Stack {
     pub async fn stop(mut self) {
         if let Some(controller) = self.controller.take() {
             controller.stop().await;
+        }
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
         self.sim.shutdown().await;
     }

@@ -557,3 +557,95 @@ async fn lost_responses_and_transient_errors_from_cloudstack_make_nothing_twice(
     delete_and_check_nothing_is_left(&stack, &id).await;
     stack.stop().await;
 }
+
+/// The step the cluster's operation is in (`progress.step`).
+async fn current_step(stack: &Stack, id: &str) -> Option<String> {
+    let listed = stack
+        .user
+        .call("listKubernetesClusters", &[("id", id)])
+        .await
+        .ok()?;
+    listed["kubernetescluster"][0]["progress"]["step"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_controller_killed_mid_create_resumes_and_nothing_runs_twice() {
+    if !nodes_possible("controller crash during create") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut stack = Stack::start_process(&Programs::beside_test().unwrap())
+        .await
+        .unwrap();
+    let version = stack.add_version(&isos()[0]).await.unwrap();
+    let (zone, offering) = stack.zone_and_offering().await.unwrap();
+    let job = stack
+        .user
+        .submit(
+            "createKubernetesCluster",
+            &[
+                ("name", "crash"),
+                ("zoneid", &zone),
+                ("kubernetesversionid", &version),
+                ("serviceofferingid", &offering),
+                ("controlnodes", "1"),
+                ("size", "2"),
+            ],
+        )
+        .await
+        .unwrap();
+    let id = job.id.clone().unwrap();
+    // Kill it (SIGKILL) once the first control node is being initialised or joined.
+    let mut seen = None;
+    for _ in 0..3000 {
+        seen = current_step(&stack, &id).await;
+        if matches!(
+            seen.as_deref(),
+            Some("init-control-plane" | "join-control-planes" | "join-workers")
+        ) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let process = stack.process.as_mut().unwrap();
+    process.kill();
+    let killed_in = seen.unwrap_or_default();
+    eprintln!("controller killed in step {killed_in}");
+    assert!(
+        ["init-control-plane", "join-control-planes", "join-workers"].contains(&killed_in.as_str()),
+        "the create never reached the agents' steps: {killed_in}"
+    );
+    // Started again on the same data directory: the workflow resumes from its journal.
+    process.start().unwrap();
+    let result = stack
+        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
+        .await
+        .unwrap_or_else(|err| panic!("after a kill in {killed_in}: {err}"));
+    let cluster = &result["kubernetescluster"];
+    assert_eq!(cluster["state"], "Running", "{cluster:#}");
+    let log = stack.process.as_ref().unwrap().log();
+    assert!(log.contains("resuming workflow"), "{log}");
+
+    // Nothing twice: three VMs, and on every node kubeadm init/join ran exactly once.
+    let vms = stack
+        .admin
+        .call("listVirtualMachines", &[("listall", "true")])
+        .await
+        .unwrap();
+    assert_eq!(vms["count"], 3, "{vms:#}");
+    let mut inits = 0;
+    for vm in cluster["virtualmachines"].as_array().unwrap() {
+        let node = stack.sim.node(vm["id"].as_str().unwrap()).unwrap();
+        let agent = std::fs::read_to_string(node.log_dir.join("agent.log")).unwrap();
+        let init = agent.matches("running kubeadm command=\"init\"").count();
+        let join = agent.matches("running kubeadm command=\"join\"").count();
+        assert!(init + join == 1, "{}: init {init}, join {join}", vm["name"]);
+        inits += init;
+    }
+    assert_eq!(inits, 1);
+    assert_eq!(ready(&stack, &id).await.len(), 3);
+    delete_and_check_nothing_is_left(&stack, &id).await;
+    stack.stop().await;
+}
