@@ -81,11 +81,17 @@ impl Cloud {
             .await
     }
 
+    /// The first item of a list (by id, usually), or none.
     async fn first<T: crate::cloudstack::types::ListResource>(
         &self,
         params: &[(&str, &str)],
     ) -> Result<Option<T>, CloudStackError> {
-        Ok(self.client.list_all::<T>(params).await?.into_iter().next())
+        match self.client.list_all::<T>(params).await {
+            Ok(items) => Ok(items.into_iter().next()),
+            // CloudStack answers a list by an id it does not know with 431: nothing found.
+            Err(err) if err.errorcode() == Some(431) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 
     /// A zone.
@@ -93,10 +99,7 @@ impl Cloud {
     /// # Errors
     /// CloudStack failed.
     pub async fn zone(&self, id: &str) -> Result<Option<Zone>, CloudStackError> {
-        match self.first::<Zone>(&[("id", id)]).await {
-            Err(err) if err.errorcode() == Some(431) => Ok(None),
-            other => other,
-        }
+        self.first::<Zone>(&[("id", id)]).await
     }
 
     /// A service offering.
@@ -107,10 +110,7 @@ impl Cloud {
         &self,
         id: &str,
     ) -> Result<Option<ServiceOffering>, CloudStackError> {
-        match self.first::<ServiceOffering>(&[("id", id)]).await {
-            Err(err) if err.errorcode() == Some(431) => Ok(None),
-            other => other,
-        }
+        self.first::<ServiceOffering>(&[("id", id)]).await
     }
 
     /// An executable template by id or name, in a zone.
@@ -136,10 +136,7 @@ impl Cloud {
     /// # Errors
     /// CloudStack failed.
     pub async fn iso(&self, id: &str) -> Result<Option<Iso>, CloudStackError> {
-        match self.first::<Iso>(&[("id", id), ("isofilter", "all")]).await {
-            Err(err) if err.errorcode() == Some(431) => Ok(None),
-            other => other,
-        }
+        self.first::<Iso>(&[("id", id), ("isofilter", "all")]).await
     }
 
     /// Registers a version's binaries ISO (public, not bootable), as CKS does.
@@ -192,13 +189,8 @@ impl Cloud {
     /// # Errors
     /// CloudStack failed.
     pub async fn network(&self, id: &str) -> Result<Option<Network>, CloudStackError> {
-        match self
-            .first::<Network>(&[("id", id), ("listall", "true")])
+        self.first::<Network>(&[("id", id), ("listall", "true")])
             .await
-        {
-            Err(err) if err.errorcode() == Some(431) => Ok(None),
-            other => other,
-        }
     }
 
     /// A network offering by name.
@@ -468,13 +460,8 @@ impl Cloud {
     /// # Errors
     /// CloudStack failed.
     pub async fn vm(&self, id: &str) -> Result<Option<VirtualMachine>, CloudStackError> {
-        match self
-            .first::<VirtualMachine>(&[("id", id), ("listall", "true")])
+        self.first::<VirtualMachine>(&[("id", id), ("listall", "true")])
             .await
-        {
-            Err(err) if err.errorcode() == Some(431) => Ok(None),
-            other => other,
-        }
     }
 
     /// The owner's VMs called `name`.

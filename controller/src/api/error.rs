@@ -94,6 +94,27 @@ impl ApiError {
     }
 }
 
+impl From<&crate::cloudstack::CloudStackError> for ApiError {
+    /// CloudStack's own refusal keeps its code and text (the caller asked for something
+    /// CloudStack will not do); anything else is the controller's internal error.
+    fn from(err: &crate::cloudstack::CloudStackError) -> Self {
+        use crate::cloudstack::CloudStackError;
+        match err {
+            CloudStackError::Api {
+                errorcode,
+                errortext,
+                ..
+            }
+            | CloudStackError::Job {
+                errorcode,
+                errortext,
+                ..
+            } => ApiError::new(*errorcode, Some(4250), errortext.clone()),
+            other => ApiError::internal(crate::error_chain(other)),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         // The cause chain goes to the log; the caller learns that it is ours, not theirs.

@@ -166,6 +166,27 @@ fn write_cluster(conn: &Connection, cluster: &ClusterRecord) -> Result<(), Store
     Ok(())
 }
 
+/// Writes a cluster's record but keeps its stored state: state moves only by
+/// [`Store::set_cluster_state`]'s compare-and-set.
+fn write_cluster_keeping_state(
+    conn: &Connection,
+    cluster: &ClusterRecord,
+) -> Result<(), StoreError> {
+    let state: Option<String> = conn
+        .query_row(
+            "SELECT state FROM clusters WHERE id = ?1",
+            [&cluster.id],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(query("read cluster state"))?;
+    let mut record = cluster.clone();
+    if let Some(state) = state.as_deref().and_then(ClusterState::parse) {
+        record.state = state;
+    }
+    write_cluster(conn, &record)
+}
+
 fn write_node(conn: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO nodes (cluster_id, name, ordinal, data) VALUES (?1, ?2, ?3, ?4)
@@ -242,21 +263,7 @@ impl Store for SqliteStore {
     }
 
     fn update_cluster(&self, cluster: &ClusterRecord) -> Result<(), StoreError> {
-        // The state column is the compare-and-set target: keep the stored one.
-        let conn = self.lock();
-        let state: Option<String> = conn
-            .query_row(
-                "SELECT state FROM clusters WHERE id = ?1",
-                [&cluster.id],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(query("read cluster state"))?;
-        let mut record = cluster.clone();
-        if let Some(state) = state.as_deref().and_then(ClusterState::parse) {
-            record.state = state;
-        }
-        write_cluster(&conn, &record)
+        write_cluster_keeping_state(&self.lock(), cluster)
     }
 
     fn set_cluster_state(
@@ -357,20 +364,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(query("begin"))?;
         write_workflow(&tx, progress.workflow)?;
         if let Some(cluster) = progress.cluster {
-            // Keep the state column's value: state moves only by compare-and-set.
-            let state: Option<String> = tx
-                .query_row(
-                    "SELECT state FROM clusters WHERE id = ?1",
-                    [&cluster.id],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(query("read cluster state"))?;
-            let mut record = cluster.clone();
-            if let Some(state) = state.as_deref().and_then(ClusterState::parse) {
-                record.state = state;
-            }
-            write_cluster(&tx, &record)?;
+            write_cluster_keeping_state(&tx, cluster)?;
         }
         for node in progress.nodes {
             write_node(&tx, node)?;

@@ -10,8 +10,8 @@ use super::list_reply;
 use crate::api::error::ApiError;
 use crate::api::params::Params;
 use crate::api::{Api, Reply};
+use crate::cloudstack::Caller;
 use crate::cloudstack::types::{GuestIpType, Network};
-use crate::cloudstack::{Caller, CloudStackError};
 use crate::jobs::JobSpec;
 use crate::render;
 use crate::settings::{EXPERIMENTAL_FEATURES, MAX_SIZE, NETWORK_OFFERING, START_TIMEOUT};
@@ -26,22 +26,6 @@ use crate::workflow::create::{
 
 /// The smallest root disk CKS accepts, GB.
 const MIN_ROOT_DISK_GB: i64 = 8;
-
-fn cloud_error(err: &CloudStackError) -> ApiError {
-    match err {
-        CloudStackError::Api {
-            errorcode,
-            errortext,
-            ..
-        }
-        | CloudStackError::Job {
-            errorcode,
-            errortext,
-            ..
-        } => ApiError::new(*errorcode, Some(4250), errortext.clone()),
-        other => ApiError::internal(crate::error_chain(other)),
-    }
-}
 
 /// The owner of a new cluster: the caller, or (root admins) `account` + `domainid`.
 async fn owner(api: &Api, caller: &Caller, params: &Params) -> Result<Owner, ApiError> {
@@ -85,7 +69,7 @@ async fn owner(api: &Api, caller: &Caller, params: &Params) -> Result<Owner, Api
             ("listall", "true"),
         ])
         .await
-        .map_err(|e| cloud_error(&e))?;
+        .map_err(|e| ApiError::from(&e))?;
     let found = accounts
         .into_iter()
         .find(|a| a.name == account)
@@ -160,7 +144,7 @@ async fn validate_create(
     let zone = cloud
         .zone(zone_id)
         .await
-        .map_err(|e| cloud_error(&e))?
+        .map_err(|e| ApiError::from(&e))?
         .ok_or_else(|| ApiError::param(format!("Unable to find zone by ID: {zone_id}")))?;
     if zone
         .allocationstate
@@ -201,7 +185,7 @@ async fn validate_create(
     let iso = cloud
         .iso(&version.iso_id)
         .await
-        .map_err(|e| cloud_error(&e))?
+        .map_err(|e| ApiError::from(&e))?
         .ok_or_else(|| {
             ApiError::param(format!(
                 "Invalid ISO associated with version ID: {}",
@@ -224,7 +208,7 @@ async fn validate_create(
     let offering = cloud
         .service_offering(offering_id)
         .await
-        .map_err(|e| cloud_error(&e))?
+        .map_err(|e| ApiError::from(&e))?
         .ok_or_else(|| {
             ApiError::param(format!(
                 "Unable to find service offering with ID: {offering_id}"
@@ -269,7 +253,7 @@ async fn validate_create(
         let found = cloud
             .keypair(&owner, name)
             .await
-            .map_err(|e| cloud_error(&e))?;
+            .map_err(|e| ApiError::from(&e))?;
         if found.is_none() {
             return Err(ApiError::param(format!(
                 "Given SSH key pair with name: {name} was not found for the account {}",
@@ -300,7 +284,7 @@ async fn validate_create(
             cloud
                 .network(id)
                 .await
-                .map_err(|e| cloud_error(&e))?
+                .map_err(|e| ApiError::from(&e))?
                 .ok_or_else(|| ApiError::param("Unable to find network with given ID"))?,
         ),
         None => None,
@@ -332,7 +316,7 @@ async fn validate_create(
             let offering = cloud
                 .network_offering(&offering_name)
                 .await
-                .map_err(|e| cloud_error(&e))?;
+                .map_err(|e| ApiError::from(&e))?;
             let usable = offering.is_some_and(|o| {
                 o.state
                     .as_deref()
@@ -349,7 +333,7 @@ async fn validate_create(
     let template = cloud
         .template(&ctx.nodes.template, &zone.id)
         .await
-        .map_err(|e| cloud_error(&e))?
+        .map_err(|e| ApiError::from(&e))?
         .filter(|t| t.isready)
         .ok_or_else(|| {
             ApiError::internal(format!(
@@ -456,7 +440,7 @@ async fn validate_network(
     let ips = cloud
         .public_ips(&network.id)
         .await
-        .map_err(|e| cloud_error(&e))?;
+        .map_err(|e| ApiError::from(&e))?;
     let Some(source_nat) = ips.iter().find(|ip| ip.issourcenat) else {
         // Not implemented yet: the first VM brings the source NAT up.
         return Ok(());
@@ -470,11 +454,11 @@ async fn validate_network(
     let firewall = cloud
         .firewall_rules(&source_nat.id)
         .await
-        .map_err(|e| cloud_error(&e))?;
+        .map_err(|e| ApiError::from(&e))?;
     let forwards = cloud
         .pf_rules(&source_nat.id)
         .await
-        .map_err(|e| cloud_error(&e))?;
+        .map_err(|e| ApiError::from(&e))?;
     for (kind, ranges) in [
         (
             "firewall",
@@ -741,7 +725,7 @@ pub async fn delete(api: &Api, caller: &Caller, params: &Params) -> Result<Reply
                 "virtualmachine",
             )
             .await
-            .map_err(|e| cloud_error(&e))?;
+            .map_err(|e| ApiError::from(&e))?;
         let foreign = on_network.iter().any(|vm| {
             let vm_id = vm.get("id").and_then(|v| v.as_str()).unwrap_or_default();
             let tagged = vm

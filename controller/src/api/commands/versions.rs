@@ -20,22 +20,6 @@ use crate::versions::{MIN_SUPPORTED, Semver};
 /// How long the controller follows a registered ISO to Ready or Failed (then it only logs).
 const ISO_WATCH: Duration = Duration::from_secs(3600);
 
-fn cloud_error(err: &crate::cloudstack::CloudStackError) -> ApiError {
-    match err {
-        crate::cloudstack::CloudStackError::Api {
-            errorcode,
-            errortext,
-            ..
-        }
-        | crate::cloudstack::CloudStackError::Job {
-            errorcode,
-            errortext,
-            ..
-        } => ApiError::new(*errorcode, Some(4250), errortext.clone()),
-        other => ApiError::internal(crate::error_chain(other)),
-    }
-}
-
 /// `addKubernetesSupportedVersion` (admin, sync): registers the ISO in CloudStack and records
 /// the version; a background task follows the ISO to Ready or Failed.
 ///
@@ -88,7 +72,7 @@ pub async fn add(api: &Api, params: &Params) -> Result<Reply, ApiError> {
                 .cloud
                 .zone(id)
                 .await
-                .map_err(|e| cloud_error(&e))?
+                .map_err(|e| ApiError::from(&e))?
                 .ok_or_else(|| ApiError::param(format!("Unable to find zone by ID: {id}")))?,
         ),
         None => None,
@@ -116,7 +100,7 @@ pub async fn add(api: &Api, params: &Params) -> Result<Reply, ApiError> {
             direct_download,
         )
         .await
-        .map_err(|e| cloud_error(&e))?;
+        .map_err(|e| ApiError::from(&e))?;
     let version = VersionRecord {
         id: uuid::Uuid::new_v4().to_string(),
         name,
@@ -338,7 +322,7 @@ pub async fn delete(api: &Api, caller: &Caller, params: &Params) -> Result<Reply
     tokio::spawn(async move {
         let outcome = match ctx.cloud.delete_iso(&version.iso_id).await {
             // Already gone is fine: the goal is that it does not exist.
-            Err(err) if err.errorcode() != Some(431) => Err(cloud_error(&err)),
+            Err(err) if err.errorcode() != Some(431) => Err(ApiError::from(&err)),
             _ => ctx
                 .store
                 .remove_version(&version.id)
