@@ -23,7 +23,6 @@ use cks_proto::agent::NodeRole;
 use cloudsim::nodes::{NetworkMode, NodesConfig, netns};
 use cloudsim::{SimConfig, SimHandle, Simulator};
 use common::{Client, create_network, seeded_ids};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLUSTER: &str = "cluster-1";
@@ -53,21 +52,17 @@ fn binary(name: &str, package: &str) -> PathBuf {
 
 /// True when this machine can run namespaced nodes; prints why not otherwise.
 fn nodes_possible(what: &str) -> bool {
-    if !cks_fixtures::require_root_or_skip(what) {
-        return false;
-    }
-    if let Err(err) = cks_fixtures::require_tools(&[
-        "ip",
-        "containerd",
-        "ctr",
-        "xorriso",
-        "skopeo",
-        "docker-registry",
-    ]) {
-        eprintln!("SKIPPED {what}: {err:#}; run scripts/install-deps.sh");
-        return false;
-    }
-    true
+    cks_fixtures::tools::require_root_and_tools_or_skip(
+        what,
+        &[
+            "ip",
+            "containerd",
+            "ctr",
+            "xorriso",
+            "skopeo",
+            "docker-registry",
+        ],
+    )
 }
 
 /// The bundle ISO, built once per test process by the real `cks-isobuilder` from a local
@@ -78,36 +73,14 @@ fn bundle_iso() -> &'static (PathBuf, String) {
         let isobuilder = binary("cks-isobuilder", "cks-isobuilder");
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cloudsim-nodes-iso");
         let _ = std::fs::remove_dir_all(&out);
-        std::fs::create_dir_all(&out).expect("iso dir");
-        let upstream =
-            cks_fixtures::upstream::Upstream::start(cks_fixtures::registry::RegistryAuth::None)
-                .expect("local upstream");
-        let arch = match std::env::consts::ARCH {
-            "aarch64" => "arm64",
-            _ => "amd64",
-        };
-        let spec = out.join("release.toml");
-        std::fs::write(&spec, upstream.spec_text(arch)).expect("spec");
-        let output = Command::new(&isobuilder)
-            .arg("build")
-            .arg(&spec)
-            .arg("--out")
-            .arg(&out)
-            .arg("--cache")
-            .arg(out.join("cache"))
-            .arg("--json")
-            .output()
-            .expect("run cks-isobuilder");
-        assert!(
-            output.status.success(),
-            "cks-isobuilder build failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let result: Value = serde_json::from_slice(&output.stdout).expect("--json output");
-        (
-            PathBuf::from(result["iso"].as_str().expect("iso path")),
-            result["sha256"].as_str().expect("sha256").to_owned(),
+        let built = cks_fixtures::upstream::build_isos(
+            &isobuilder,
+            &[cks_fixtures::upstream::KUBERNETES],
+            &out,
         )
+        .expect("cks-isobuilder build");
+        let iso = built.into_iter().next().expect("one ISO");
+        (iso.path, iso.sha256)
     })
 }
 

@@ -12,65 +12,11 @@ use anyhow::{Context, Result, bail, ensure};
 use cks_controller::cloudstack::{ClientConfig, CloudStackClient};
 use cks_controller::config::Config;
 use cks_controller::server::{self, Running};
-use cks_fixtures::registry::RegistryAuth;
-use cks_fixtures::upstream::Upstream;
+pub use cks_fixtures::upstream::{BuiltIso, build_isos};
 use cloudsim::nodes::NodesConfig;
 use cloudsim::{SimConfig, SimHandle, Simulator};
 use serde_json::Value;
 use tokio::time::Instant;
-
-/// A bundle ISO built for one Kubernetes release.
-#[derive(Debug, Clone)]
-pub struct BuiltIso {
-    /// `1.33.1`.
-    pub kubernetes: String,
-    /// The ISO file.
-    pub path: PathBuf,
-    /// Its sha256 (hex).
-    pub sha256: String,
-}
-
-/// Builds one ISO per release in `kubernetes` with `isobuilder`, from a local upstream (a file
-/// server and a real registry on 127.0.0.1, stopped when this returns).
-///
-/// # Errors
-/// The upstream could not start or a build failed.
-pub fn build_isos(isobuilder: &Path, kubernetes: &[&str], out: &Path) -> Result<Vec<BuiltIso>> {
-    let upstream = Upstream::start_releases(RegistryAuth::None, kubernetes, &[], 1)?;
-    let arch = match std::env::consts::ARCH {
-        "aarch64" => "arm64",
-        _ => "amd64",
-    };
-    let mut built = Vec::new();
-    for version in kubernetes {
-        let dir = out.join(format!("v{version}"));
-        std::fs::create_dir_all(&dir)?;
-        let spec = dir.join("release.toml");
-        std::fs::write(&spec, upstream.spec_text_for(version, arch))?;
-        let output = Command::new(isobuilder)
-            .arg("build")
-            .arg(&spec)
-            .arg("--out")
-            .arg(&dir)
-            .arg("--cache")
-            .arg(out.join("cache"))
-            .arg("--json")
-            .output()
-            .with_context(|| format!("running {}", isobuilder.display()))?;
-        ensure!(
-            output.status.success(),
-            "cks-isobuilder build {version} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let result: Value = serde_json::from_slice(&output.stdout)?;
-        built.push(BuiltIso {
-            kubernetes: (*version).to_string(),
-            path: PathBuf::from(result["iso"].as_str().context("iso path")?),
-            sha256: result["sha256"].as_str().context("sha256")?.to_string(),
-        });
-    }
-    Ok(built)
-}
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one host).
 ///
@@ -136,24 +82,21 @@ impl Programs {
     }
 }
 
-/// True when this machine can run namespaced nodes; prints why not otherwise.
+/// True when this machine can run namespaced nodes with the whole stack; prints why not
+/// otherwise.
 pub fn nodes_possible(what: &str) -> bool {
-    if !cks_fixtures::require_root_or_skip(what) {
-        return false;
-    }
-    if let Err(err) = cks_fixtures::require_tools(&[
-        "ip",
-        "containerd",
-        "ctr",
-        "xorriso",
-        "skopeo",
-        "docker-registry",
-        "kubectl",
-    ]) {
-        eprintln!("SKIPPED {what}: {err:#}; run scripts/install-deps.sh");
-        return false;
-    }
-    true
+    cks_fixtures::tools::require_root_and_tools_or_skip(
+        what,
+        &[
+            "ip",
+            "containerd",
+            "ctr",
+            "xorriso",
+            "skopeo",
+            "docker-registry",
+            "kubectl",
+        ],
+    )
 }
 
 /// `cks-controller serve` as a child process, so a test can kill it with SIGKILL mid-work and
@@ -353,18 +296,8 @@ impl Stack {
             .as_str()
             .context("version id")?
             .to_string();
-        for _ in 0..600 {
-            let list = self
-                .admin
-                .call("listKubernetesSupportedVersions", &[("id", &id)])
-                .await?;
-            match list["kubernetessupportedversion"][0]["isostate"].as_str() {
-                Some("Ready") => return Ok(id),
-                Some("Failed") => bail!("the ISO of version {} failed to download", iso.kubernetes),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-        bail!("the ISO of version {} never became Ready", iso.kubernetes)
+        wait_version_ready(&self.admin, &id).await?;
+        Ok(id)
     }
 
     /// The zone and the 2 vCPU / 2 GB offering.
@@ -410,6 +343,24 @@ impl Stack {
         }
         self.sim.shutdown().await;
     }
+}
+
+/// Waits until the ISO of version `id` is Ready in CloudStack (at most a minute).
+///
+/// # Errors
+/// The ISO failed to download, never became Ready, or the API failed.
+pub async fn wait_version_ready(api: &CloudStackClient, id: &str) -> Result<()> {
+    for _ in 0..600 {
+        let list = api
+            .call("listKubernetesSupportedVersions", &[("id", id)])
+            .await?;
+        match list["kubernetessupportedversion"][0]["isostate"].as_str() {
+            Some("Ready") => return Ok(()),
+            Some("Failed") => bail!("the ISO of version {id} failed to download"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    bail!("the ISO of version {id} never became Ready")
 }
 
 /// Runs the real `kubectl` with `kubeconfig`; returns stdout.

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use cks_e2e::stack::{BuiltIso, build_isos, client};
+use cks_e2e::stack::{BuiltIso, build_isos, client, wait_version_ready};
 use clap::Parser;
 use serde_json::Value;
 
@@ -220,7 +220,9 @@ async fn tenant_flow(
                 .to_string(),
         );
     }
-    wait_versions_ready(api, &versions).await?;
+    for id in &versions {
+        wait_version_ready(api, id).await?;
+    }
     print!("{}", cli.run(&["version", "list"])?);
 
     step("creating a cluster: 1 control node + 2 workers, Kubernetes 1.33.1");
@@ -271,30 +273,6 @@ async fn tenant_flow(
     let vms = api.call("listVirtualMachines", &[]).await?;
     ensure!(vms.get("virtualmachine").is_none(), "VMs left: {vms}");
     println!("    no VM, rule or network left");
-    Ok(())
-}
-
-async fn wait_versions_ready(
-    api: &cks_controller::cloudstack::CloudStackClient,
-    ids: &[String],
-) -> Result<()> {
-    for id in ids {
-        let mut ready = false;
-        for _ in 0..300 {
-            let list = api
-                .call("listKubernetesSupportedVersions", &[("id", id)])
-                .await?;
-            match list["kubernetessupportedversion"][0]["isostate"].as_str() {
-                Some("Ready") => {
-                    ready = true;
-                    break;
-                }
-                Some("Failed") => bail!("the ISO of version {id} failed to download"),
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-        ensure!(ready, "the ISO of version {id} never became Ready");
-    }
     Ok(())
 }
 
