@@ -1,6 +1,6 @@
 //! The controller's API against the CloudStack simulator (no nodes join here; see the e2e tests
 //! for whole clusters): drop-in forwarding, identity and signatures, versions, settings,
-//! ownership, and clean-up of a cluster whose creation failed.
+//! ownership, clean-up of a cluster whose creation failed, and what a list costs CloudStack.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -480,5 +480,65 @@ async fn new_keys_work_at_once() {
     // (30 s) forgets it: a bad signature never makes the controller ask CloudStack again, so
     // forged requests cannot be turned into load on the management server.
     api_error(env.user.call("listZones", &[]).await, 401);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_of_clusters_costs_cloudstack_a_few_calls_not_a_few_per_cluster() {
+    let env = Env::start().await;
+    // No agents here: each create deploys its two VMs, then fails at init, and stays put.
+    env.admin
+        .call(
+            "updateConfiguration",
+            &[
+                ("name", "cloud.kubernetes.cluster.start.timeout"),
+                ("value", "10"),
+            ],
+        )
+        .await
+        .unwrap();
+    let version = env.add_version("1.33.1", &[]).await;
+    let version = version["id"].as_str().unwrap();
+    let mut created = Vec::new();
+    for name in ["one", "two", "three", "four"] {
+        created.push(create(&env, &env.user, version, name).await);
+    }
+    for (_, job) in &created {
+        env.wait_job(&env.user, job)
+            .await
+            .expect_err("no node can enroll here");
+    }
+    let mut alone = std::collections::BTreeMap::new();
+    for (id, _) in &created {
+        let listed = env
+            .user
+            .call("listKubernetesClusters", &[("id", id)])
+            .await
+            .unwrap();
+        alone.insert(id.clone(), listed["kubernetescluster"][0].clone());
+    }
+
+    env.sim.reset_call_counts();
+    let page = env.user.call("listKubernetesClusters", &[]).await.unwrap();
+    let calls = env.sim.call_counts();
+
+    assert_eq!(page["count"], 4);
+    for cluster in page["kubernetescluster"].as_array().unwrap() {
+        let id = cluster["id"].as_str().unwrap();
+        assert_eq!(
+            cluster, &alone[id],
+            "a page renders each cluster as it renders alone"
+        );
+        assert_eq!(cluster["virtualmachines"].as_array().unwrap().len(), 2);
+        assert!(cluster["zonename"].is_string(), "{cluster:#}");
+        assert!(cluster["serviceofferingname"].is_string(), "{cluster:#}");
+        assert!(cluster["associatednetworkname"].is_string(), "{cluster:#}");
+    }
+    // The four clusters share a zone and an offering, each has its own network, and one
+    // listVirtualMachines brings all eight nodes.
+    assert_eq!(calls.get("listZones"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("listServiceOfferings"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("listNetworks"), Some(&4), "{calls:?}");
+    assert_eq!(calls.get("listVirtualMachines"), Some(&1), "{calls:?}");
     env.stop().await;
 }

@@ -175,6 +175,15 @@ pub struct Paging {
     pub limit: usize,
 }
 
+impl Paging {
+    /// The items of this page.
+    pub fn slice<'a, T>(&self, items: &'a [T]) -> &'a [T] {
+        let start = self.offset.min(items.len());
+        let end = self.offset.saturating_add(self.limit).min(items.len());
+        &items[start..end]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +200,16 @@ mod tests {
             "{}",
             err.text
         );
+    }
+
+    #[test]
+    fn a_page_slices_within_bounds() {
+        let items = [1, 2, 3, 4, 5];
+        let page = |offset, limit| Paging { offset, limit }.slice(&items).to_vec();
+        assert_eq!(page(0, 2), vec![1, 2]);
+        assert_eq!(page(4, 2), vec![5]);
+        assert_eq!(page(9, 2), Vec::<i32>::new());
+        assert_eq!(page(1, usize::MAX), vec![2, 3, 4, 5]);
     }
 
     #[test]

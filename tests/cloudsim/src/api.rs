@@ -125,6 +125,7 @@ async fn client_api(
             &ApiError::unknown_command("", &caller.user_id),
         );
     }
+    inner.count_call(&command);
     let decision = inner.faults().decide(&command);
     if decision.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(decision.latency_ms)).await;

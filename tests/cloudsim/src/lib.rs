@@ -46,6 +46,7 @@ pub mod store;
 
 mod api;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -159,6 +160,8 @@ pub(crate) struct Inner {
     pub(crate) config: SimConfig,
     /// Set at shutdown: background tasks stop touching state and disk.
     pub(crate) closed: AtomicBool,
+    /// Authenticated API calls per command, for tests that count what a client asks.
+    pub(crate) calls: Mutex<BTreeMap<String, u64>>,
 }
 
 // === impl Inner ===
@@ -170,6 +173,11 @@ impl Inner {
 
     pub(crate) fn faults(&self) -> MutexGuard<'_, Faults> {
         self.faults.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn count_call(&self, command: &str) {
+        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
+        *calls.entry(command.to_owned()).or_default() += 1;
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -303,6 +311,7 @@ impl Simulator {
             runner,
             config,
             closed: AtomicBool::new(false),
+            calls: Mutex::new(BTreeMap::new()),
         });
         restart_running_vms(&inner);
         let (tx, rx) = oneshot::channel::<()>();
@@ -434,6 +443,25 @@ impl SimHandle {
     /// Faults injected since the configuration was last set.
     pub fn fault_log(&self) -> Vec<FaultEvent> {
         self.inner.faults().log().to_vec()
+    }
+
+    /// Authenticated API calls per command (as the client spelled it) since the start or the
+    /// last [`reset_call_counts`](Self::reset_call_counts).
+    pub fn call_counts(&self) -> BTreeMap<String, u64> {
+        self.inner
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts counting calls afresh.
+    pub fn reset_call_counts(&self) {
+        self.inner
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// A copy of the current state.

@@ -626,10 +626,8 @@ pub async fn list(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, 
         return Ok(list_reply("kubernetescluster", Vec::new(), paging));
     }
     let count = clusters.len();
-    let mut items = Vec::new();
-    for cluster in clusters.iter().skip(paging.offset).take(paging.limit) {
-        items.push(render::cluster_object(&api.ctx, cluster).await?);
-    }
+    let page = paging.slice(&clusters);
+    let items = render::clusters(&api.ctx, page).await?;
     let mut body = json!({ "count": count });
     if !items.is_empty() {
         body["kubernetescluster"] = json!(items);

@@ -243,14 +243,8 @@ pub async fn list(api: &Api, params: &Params) -> Result<Reply, ApiError> {
         .collect();
     // Newest version first, as CKS sorts.
     versions.sort_by(|a, b| crate::versions::compare(&b.semantic_version, &a.semantic_version));
-    let mut items = Vec::new();
-    for version in versions
-        .iter()
-        .skip(paging.offset)
-        .take(paging.limit.min(versions.len()))
-    {
-        items.push(render::version(&api.ctx, version).await);
-    }
+    let page = paging.slice(&versions);
+    let items = render::versions(&api.ctx, page).await;
     let count = versions.len();
     if count == 0 {
         return Ok(list_reply("kubernetessupportedversion", Vec::new(), paging));
