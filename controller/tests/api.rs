@@ -436,6 +436,29 @@ async fn a_cluster_whose_creation_failed_is_in_error_and_deleted_without_leftove
     let network = cluster["networkid"].as_str().unwrap().to_string();
     assert!(cluster["ipaddress"].as_str().is_some());
 
+    // A node VM cannot be destroyed behind the cluster's back (CKS's checkVmCanBeDestroyed),
+    // by its owner or an admin; the VM stays.
+    let node = cluster["virtualmachines"][0]["id"].as_str().unwrap();
+    for client in [&env.user, &env.admin] {
+        let text = api_error(
+            client
+                .submit("destroyVirtualMachine", &[("id", node)])
+                .await
+                .map(|j| serde_json::json!(j.job_id)),
+            530,
+        );
+        assert!(
+            text.starts_with("Instance is a part of a Kubernetes cluster: doomed."),
+            "{text}"
+        );
+    }
+    let vm = env
+        .user
+        .call("listVirtualMachines", &[("id", node)])
+        .await
+        .unwrap();
+    assert_eq!(vm["virtualmachine"][0]["state"], "Running", "{vm}");
+
     let job = env
         .user
         .submit("deleteKubernetesCluster", &[("id", &id)])

@@ -6,7 +6,8 @@
 //! 2. **route**: a Kubernetes command, one of ours by its id (`queryAsyncJobResult` of our job),
 //!    a merged list (`listApis`, `listAsyncJobs`, `listConfigurations`), or CloudStack's: the
 //!    original query and body are forwarded byte for byte (the signature covers only the
-//!    parameters, so it stays valid) and CloudStack's answer comes back as it is;
+//!    parameters, so it stays valid) and CloudStack's answer comes back as it is — except
+//!    `destroyVirtualMachine` of a cluster's node, which the owner is refused as CKS refuses it;
 //! 3. **authenticate** (ours only): the API key's owner and secret come from CloudStack
 //!    (`getUser`, `getUserKeys`, cached briefly) and the signature and `expires` are checked
 //!    here, exactly as CloudStack checks them;
@@ -156,6 +157,9 @@ async fn client_api(
     let route = commands::route(&api, &params).await;
     debug!(%command, ?route, "request");
     if route == commands::Route::CloudStack {
+        if let Some(refusal) = clusters_guard(&api, &params).await {
+            return error_response(&command, &refusal);
+        }
         return forward(&api, method, query.as_deref(), body, &headers, &command).await;
     }
     let caller = match authenticate(&api, &params).await {
@@ -192,6 +196,36 @@ async fn client_api(
         Ok(reply) => json_response(200, &json!({ response_name(&command): reply.body() })),
         Err(err) => error_response(&command, &err),
     }
+}
+
+/// What CloudStack with CKS refuses although the command is CloudStack's: destroying a node
+/// VM of a cluster (CKS's `checkVmCanBeDestroyed`; a destroyed node leaves the cluster broken).
+/// Only callers who may see the cluster are told; anyone else is forwarded, and CloudStack
+/// refuses them as it refuses access to any VM of another account.
+async fn clusters_guard(api: &Api, params: &Params) -> Option<ApiError> {
+    if !params
+        .command()
+        .eq_ignore_ascii_case("destroyVirtualMachine")
+    {
+        return None;
+    }
+    let vm_id = params.get("id")?;
+    let node = api.ctx.store.node_by_vm(vm_id).ok().flatten()?;
+    let cluster = api.ctx.store.cluster(&node.cluster_id).ok().flatten()?;
+    let caller = match authenticate(api, params).await {
+        Ok(caller) => caller,
+        Err(err) => return Some(err),
+    };
+    if !caller.is_admin() && caller.account_id != cluster.owner.account_id {
+        return None;
+    }
+    info!(vm = %vm_id, cluster = %cluster.id, "refused to destroy a cluster node VM");
+    Some(ApiError::internal(format!(
+        "Instance is a part of a Kubernetes cluster: {}. Use Instance delete option from \
+         Kubernetes cluster details or scale API for Kubernetes clusters with 'nodeids' to \
+         destroy the instance.",
+        cluster.name
+    )))
 }
 
 fn content_type(headers: &HeaderMap) -> Option<&str> {

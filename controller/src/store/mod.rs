@@ -593,6 +593,23 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// The write failed.
     fn delete_node(&self, cluster_id: &str, name: &str) -> Result<(), StoreError>;
+    /// The node whose VM is `vm_id`, in any cluster. Asked only when someone tries to destroy
+    /// a VM through the API, so a scan is fine.
+    ///
+    /// # Errors
+    /// The read failed.
+    fn node_by_vm(&self, vm_id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        for cluster in self.clusters()? {
+            if let Some(node) = self
+                .nodes(&cluster.id)?
+                .into_iter()
+                .find(|n| n.vm_id.as_deref() == Some(vm_id))
+            {
+                return Ok(Some(node));
+            }
+        }
+        Ok(None)
+    }
 
     // --- jobs ---
     /// Adds or replaces a job.
