@@ -499,10 +499,10 @@ async fn new_keys_work_at_once() {
         .call("listKubernetesClusters", &[])
         .await;
     assert!(listed.is_ok(), "{listed:?}");
-    // The old key is refused by CloudStack at once, by the controller once its identity cache
-    // (30 s) forgets it: a bad signature never makes the controller ask CloudStack again, so
-    // forged requests cannot be turned into load on the management server.
+    // The keys were regenerated through the controller: the old key is refused at once, by
+    // CloudStack and by the controller, which dropped its cached identities.
     api_error(env.user.call("listZones", &[]).await, 401);
+    api_error(env.user.call("listKubernetesClusters", &[]).await, 401);
     env.stop().await;
 }
 

@@ -270,10 +270,37 @@ async fn forward(
         .forward(method, query, body, content_type(headers))
         .await
     {
-        Ok(upstream) => passthrough(upstream),
+        Ok(upstream) => {
+            if upstream.status == 200
+                && IDENTITY_CHANGES
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(command))
+            {
+                // A key regenerated or a user disabled through us takes effect here at once,
+                // not when the identity cache expires.
+                api.identity.invalidate_all();
+            }
+            passthrough(upstream)
+        }
         Err(err) => error_response(command, &upstream_error(&err)),
     }
 }
+
+/// CloudStack commands that change who an API key belongs to, whether it works, or the role
+/// behind it.
+const IDENTITY_CHANGES: &[&str] = &[
+    "registerUserKeys",
+    "deleteUserKeys",
+    "updateUser",
+    "disableUser",
+    "lockUser",
+    "deleteUser",
+    "moveUser",
+    "updateAccount",
+    "disableAccount",
+    "lockAccount",
+    "deleteAccount",
+];
 
 /// Who signed the request, checked as CloudStack checks it.
 ///

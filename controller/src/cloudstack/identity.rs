@@ -6,7 +6,8 @@
 //! tells an admin both: `getUser userapikey=<key>` names the user, `getUserKeys id=<user>`
 //! returns the key pair. [`IdentityResolver`] asks with the controller's admin client and
 //! caches the answer briefly, so that a burst of requests costs two CloudStack calls, and a
-//! disabled user or a regenerated key takes effect within [`DEFAULT_TTL`].
+//! disabled user or a regenerated key takes effect within [`DEFAULT_TTL`] — at once when the
+//! change itself went through the controller ([`IdentityResolver::invalidate_all`]).
 //!
 //! Unknown keys are cached too, for a shorter [`DEFAULT_NEGATIVE_TTL`], so that a client
 //! retrying with a bad key does not turn into a stream of admin calls. Lookup failures
@@ -207,6 +208,15 @@ impl IdentityResolver {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(api_key);
+    }
+
+    /// Forgets every cached identity: after a change CloudStack made to users, keys, accounts
+    /// or roles, whoever it concerns is asked about afresh.
+    pub fn invalidate_all(&self) {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     fn slot(&self, api_key: &str) -> Slot {
