@@ -192,6 +192,49 @@ pub fn locate_bundle(
     )?))
 }
 
+/// True when the bundle can be opened right now: a `--bundle` path is configured, or the
+/// labelled device is attached (one look, no waiting).
+pub fn bundle_present(config: &Config) -> bool {
+    if config.bundle.is_some() {
+        return true;
+    }
+    Discovery::new(
+        config.dev_dir.clone(),
+        config.sys_dir.clone(),
+        config.bundle_label.clone(),
+        config.discovery_timeout,
+    )
+    .scan_once()
+    .is_some()
+}
+
+/// What an earlier boot installed completely, according to the journal. A node whose ISO was
+/// detached after its cluster was created (the controller detaches it, as CKS does) comes back
+/// from a reboot with what is on its disk, instead of waiting for an ISO that will not come.
+///
+/// # Errors
+/// The journal cannot be read.
+pub fn completed_install(config: &Config) -> Result<Option<InstallOutcome>, AgentError> {
+    let paths = config.node_paths();
+    let Some(state) = Journal::peek(&paths.data_dir)? else {
+        return Ok(None);
+    };
+    let Some(bundle) = state.bundle.as_ref() else {
+        return Ok(None);
+    };
+    if !journal_complete(&state, &bundle.manifest_sha256) {
+        return Ok(None);
+    }
+    Ok(Some(InstallOutcome {
+        bundle: "installed at an earlier boot (journal)".to_string(),
+        manifest_sha256: bundle.manifest_sha256.clone(),
+        kubernetes_version: bundle.kubernetes_version.clone(),
+        steps_run: Vec::new(),
+        images_imported: Vec::new(),
+        images_skipped: Vec::new(),
+    }))
+}
+
 /// Finds and opens the bundle.
 ///
 /// # Errors

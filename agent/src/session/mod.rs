@@ -385,6 +385,24 @@ fn failed(command_id: &str, error: &str) -> CommandResult {
 
 /// The bundle task: find (waiting as long as it takes), verify, install; report every step.
 fn install_bundle(config: &Config, images: &dyn ImageStore, shared: &Shared) {
+    // A reboot after the install, with the ISO detached since: the node is ready as it is.
+    // (An ISO attached now is looked at as usual: the same one is skipped by the journal, a
+    // new one installed.)
+    if !crate::bundle_present(config) {
+        match crate::completed_install(config) {
+            Ok(Some(outcome)) => {
+                info!(
+                    manifest_sha256 = %outcome.manifest_sha256,
+                    version = %outcome.kubernetes_version,
+                    "bundle installed at an earlier boot and no ISO attached: ready"
+                );
+                mark_installed(shared, outcome, "installed at an earlier boot");
+                return;
+            }
+            Ok(None) => {}
+            Err(err) => warn!(error = %identity::error_chain(&err), "cannot read the journal"),
+        }
+    }
     let mut waiting_logged = false;
     loop {
         let mut sleep = std::thread::sleep;
@@ -423,18 +441,7 @@ fn install_bundle(config: &Config, images: &dyn ImageStore, shared: &Shared) {
             shared.record_step(step, StepStatus::Done, detail);
         };
         match crate::install_reporting(&bundle, config, images, &report) {
-            Ok(outcome) => {
-                let mut info = lock(&shared.bundle);
-                info.kubernetes_version = outcome.kubernetes_version;
-                info.manifest_sha256 = outcome.manifest_sha256;
-                info.verified = true;
-                info.arch = cks_proto::ids::Arch::host()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                drop(info);
-                shared.record_step("bundle.installed", StepStatus::Done, "ready for commands");
-                let _ = shared.phase.send(InstallPhase::Done);
-            }
+            Ok(outcome) => mark_installed(shared, outcome, "ready for commands"),
             Err(err) => {
                 let why = identity::error_chain(&err);
                 shared.record_step("bundle.install", StepStatus::Failed, &why);
@@ -443,6 +450,20 @@ fn install_bundle(config: &Config, images: &dyn ImageStore, shared: &Shared) {
         }
         return;
     }
+}
+
+/// The bundle is installed: commands may run.
+fn mark_installed(shared: &Shared, outcome: crate::InstallOutcome, detail: &str) {
+    let mut info = lock(&shared.bundle);
+    info.kubernetes_version = outcome.kubernetes_version;
+    info.manifest_sha256 = outcome.manifest_sha256;
+    info.verified = true;
+    info.arch = cks_proto::ids::Arch::host()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    drop(info);
+    shared.record_step("bundle.installed", StepStatus::Done, detail);
+    let _ = shared.phase.send(InstallPhase::Done);
 }
 
 fn journal_steps(data_dir: &std::path::Path) -> Vec<StepState> {
