@@ -1,6 +1,6 @@
 //! The people's CLI: `cks-controller version|cluster …` over the same signed API any CloudStack
 //! client uses (the controller's endpoint, keys from the `cs` client's environment variables),
-//! with progress while a cluster is created or deleted.
+//! with progress while a cluster is created, stopped, started or deleted.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -106,6 +106,22 @@ pub enum ClusterCommand {
     Kubeconfig {
         /// Cluster id
         id: String,
+    },
+    /// Stop a cluster's node VMs (their disks are kept)
+    Stop {
+        /// Cluster id
+        id: String,
+        /// Return at once
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Start a stopped cluster and wait until every node is Ready
+    Start {
+        /// Cluster id
+        id: String,
+        /// Return at once
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Delete a cluster and everything it made
     Delete {
@@ -285,19 +301,59 @@ pub async fn cluster(args: &ClientArgs, command: ClusterCommand) -> Result<()> {
             std::io::stdout().flush()?;
             Ok(())
         }
+        ClusterCommand::Stop { id, no_wait } => {
+            operate(
+                &api,
+                "stopKubernetesCluster",
+                &id,
+                no_wait,
+                "stopping",
+                "stopped",
+            )
+            .await
+        }
+        ClusterCommand::Start { id, no_wait } => {
+            operate(
+                &api,
+                "startKubernetesCluster",
+                &id,
+                no_wait,
+                "starting",
+                "running",
+            )
+            .await
+        }
         ClusterCommand::Delete { id, no_wait } => {
-            let job = api
-                .submit("deleteKubernetesCluster", &[("id", &id)])
-                .await?;
-            if no_wait {
-                eprintln!("deleting cluster {id}, job {}", job.job_id);
-                return Ok(());
-            }
-            follow(&api, &id, &job.job_id).await?;
-            println!("cluster {id} deleted");
-            Ok(())
+            operate(
+                &api,
+                "deleteKubernetesCluster",
+                &id,
+                no_wait,
+                "deleting",
+                "deleted",
+            )
+            .await
         }
     }
+}
+
+/// Runs an async cluster command and, unless `no_wait`, follows it to its end.
+async fn operate(
+    api: &CloudStackClient,
+    command: &str,
+    id: &str,
+    no_wait: bool,
+    doing: &str,
+    done: &str,
+) -> Result<()> {
+    let job = api.submit(command, &[("id", id)]).await?;
+    if no_wait {
+        eprintln!("{doing} cluster {id}, job {}", job.job_id);
+        return Ok(());
+    }
+    follow(api, id, &job.job_id).await?;
+    println!("cluster {id} {done}");
+    Ok(())
 }
 
 /// Polls the job and shows the cluster's current step until the job ends.

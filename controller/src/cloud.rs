@@ -608,6 +608,16 @@ impl Cloud {
             .map(drop)
     }
 
+    /// Stops a VM (not forced: the guest shuts down, as CKS stops nodes).
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn stop_vm(&self, vm_id: &str) -> Result<(), CloudStackError> {
+        self.job("stopVirtualMachine", &[("id", vm_id)])
+            .await
+            .map(drop)
+    }
+
     /// Destroys and expunges a VM.
     ///
     /// # Errors

@@ -366,13 +366,19 @@ async fn users_see_and_delete_only_their_own_clusters() {
             .await,
         531,
     );
-    api_error(
-        env.user
-            .submit("deleteKubernetesCluster", &[("id", &admins)])
-            .await
-            .map(|j| serde_json::json!(j.job_id)),
-        531,
-    );
+    for command in [
+        "deleteKubernetesCluster",
+        "stopKubernetesCluster",
+        "startKubernetesCluster",
+    ] {
+        api_error(
+            env.user
+                .submit(command, &[("id", &admins)])
+                .await
+                .map(|j| serde_json::json!(j.job_id)),
+            531,
+        );
+    }
     // Admins see their own, and everyone's with listall.
     let own = env.admin.call("listKubernetesClusters", &[]).await.unwrap();
     assert_eq!(own["count"], 1);
@@ -435,6 +441,24 @@ async fn a_cluster_whose_creation_failed_is_in_error_and_deleted_without_leftove
     assert_eq!(cluster["virtualmachines"].as_array().unwrap().len(), 2);
     let network = cluster["networkid"].as_str().unwrap().to_string();
     assert!(cluster["ipaddress"].as_str().is_some());
+
+    // A cluster that never came up can be neither started nor stopped, only deleted.
+    for (command, verb) in [
+        ("startKubernetesCluster", "started"),
+        ("stopKubernetesCluster", "stopped"),
+    ] {
+        let text = api_error(
+            env.user
+                .submit(command, &[("id", &id)])
+                .await
+                .map(|j| serde_json::json!(j.job_id)),
+            530,
+        );
+        assert_eq!(
+            text,
+            format!("Kubernetes cluster : doomed is in state Error and cannot be {verb}")
+        );
+    }
 
     // A node VM cannot be destroyed behind the cluster's back (CKS's checkVmCanBeDestroyed),
     // by its owner or an admin; the VM stays.

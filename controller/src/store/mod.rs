@@ -388,6 +388,10 @@ pub enum WorkflowKind {
     Create,
     /// `deleteKubernetesCluster`.
     Delete,
+    /// `startKubernetesCluster` (of a stopped cluster).
+    Start,
+    /// `stopKubernetesCluster`.
+    Stop,
 }
 
 impl WorkflowKind {
@@ -396,6 +400,8 @@ impl WorkflowKind {
         match self {
             Self::Create => "create",
             Self::Delete => "delete",
+            Self::Start => "start",
+            Self::Stop => "stop",
         }
     }
 }

@@ -625,7 +625,9 @@ async fn apply_manifests(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     Ok(format!("applied {}", MANIFESTS.join(", ")))
 }
 
-async fn wait_ready(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
+/// Every node Ready in the control plane's node list (kubelet versions recorded); also the
+/// start workflow's last step.
+pub(crate) async fn wait_ready(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     let first = first_control(sc)?;
     let poll = format!("poll-{}", sc.attempt());
     let payload = send(sc, &first, &poll, Kind::GetNodes(GetNodes {})).await?;

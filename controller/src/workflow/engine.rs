@@ -265,28 +265,10 @@ impl Engine {
     async fn finish(&self, workflow: &mut WorkflowRecord, outcome: Result<(), String>) {
         let ctx = &self.ctx;
         let cluster_id = workflow.cluster_id.clone();
-        let (status, from, to) = match (workflow.kind, &outcome) {
-            (WorkflowKind::Create, Ok(())) => (
-                WorkflowStatus::Succeeded,
-                ClusterState::Starting,
-                ClusterState::Running,
-            ),
-            (WorkflowKind::Create, Err(_)) => (
-                WorkflowStatus::Failed,
-                ClusterState::Starting,
-                ClusterState::Error,
-            ),
-            (WorkflowKind::Delete, Ok(())) => (
-                WorkflowStatus::Succeeded,
-                ClusterState::Destroying,
-                ClusterState::Destroyed,
-            ),
-            // A failed delete stays Destroying: deleting again resumes the clean-up.
-            (WorkflowKind::Delete, Err(_)) => (
-                WorkflowStatus::Failed,
-                ClusterState::Destroying,
-                ClusterState::Destroying,
-            ),
+        let states = super::states(workflow.kind);
+        let (status, from, to) = match &outcome {
+            Ok(()) => (WorkflowStatus::Succeeded, states.during, states.succeeded),
+            Err(_) => (WorkflowStatus::Failed, states.during, states.failed),
         };
         let failure = outcome.as_ref().err().map(String::as_str);
         match ctx.store.set_cluster_state(&cluster_id, from, to, failure) {
@@ -303,7 +285,7 @@ impl Engine {
             error!(error = %err, "cannot record the workflow's end");
         }
         let job = match (&outcome, workflow.kind) {
-            (Ok(()), WorkflowKind::Create) => {
+            (Ok(()), WorkflowKind::Create | WorkflowKind::Start) => {
                 match crate::render::cluster_by_id(ctx, &cluster_id).await {
                     Ok(cluster) => ctx
                         .jobs
@@ -311,7 +293,7 @@ impl Engine {
                     Err(err) => ctx.jobs.fail(&workflow.job_id, err.code, &err.text),
                 }
             }
-            (Ok(()), WorkflowKind::Delete) => ctx
+            (Ok(()), WorkflowKind::Delete | WorkflowKind::Stop) => ctx
                 .jobs
                 .succeed(&workflow.job_id, json!({ "success": true })),
             (Err(reason), kind) => {
@@ -322,15 +304,13 @@ impl Engine {
                     .flatten()
                     .map(|c| c.name)
                     .unwrap_or_default();
-                let verb = if kind == WorkflowKind::Create {
-                    "create"
-                } else {
-                    "delete"
-                };
                 ctx.jobs.fail(
                     &workflow.job_id,
                     530,
-                    &format!("Failed to {verb} Kubernetes cluster : {name}. {reason}"),
+                    &format!(
+                        "Failed to {} Kubernetes cluster : {name}. {reason}",
+                        kind.as_str()
+                    ),
                 )
             }
         };
@@ -348,5 +328,6 @@ async fn run_step(kind: WorkflowKind, sc: &mut StepCtx<'_>) -> Result<String, St
     match kind {
         WorkflowKind::Create => super::create::run(sc).await,
         WorkflowKind::Delete => super::delete::run(sc).await,
+        WorkflowKind::Start | WorkflowKind::Stop => super::power::run(sc).await,
     }
 }

@@ -14,16 +14,19 @@
 //!           → init-control-plane → join-control-planes → join-workers → apply-manifests
 //!           → wait-ready → kubeconfig → detach-iso          (Created → Starting → Running | Error)
 //!  delete:  delete-vms → delete-rules → delete-network → forget   (… → Destroying → Destroyed)
+//!  stop:    stop-vms                                  (… → Stopping → Stopped | Alert)
+//!  start:   start-vms → wait-ready                     (Stopped → Starting → Running | Alert)
 //! ```
 
 pub mod create;
 pub mod delete;
 pub mod engine;
+pub mod power;
 pub mod state;
 
 use std::time::Duration;
 
-use crate::store::{WorkflowKind, WorkflowRecord};
+use crate::store::{ClusterState, WorkflowKind, WorkflowRecord};
 
 pub use engine::Engine;
 
@@ -32,6 +35,52 @@ pub fn steps(kind: WorkflowKind) -> &'static [&'static str] {
     match kind {
         WorkflowKind::Create => create::STEPS,
         WorkflowKind::Delete => delete::STEPS,
+        WorkflowKind::Start => power::START_STEPS,
+        WorkflowKind::Stop => power::STOP_STEPS,
+    }
+}
+
+/// The cluster's state while a workflow of a kind runs, and once it succeeded or failed
+/// (CKS's transitions on `OperationSucceeded`, `OperationFailed` and `CreateFailed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindStates {
+    /// While it runs.
+    pub during: ClusterState,
+    /// After it succeeded.
+    pub succeeded: ClusterState,
+    /// After it failed.
+    pub failed: ClusterState,
+}
+
+/// The states of a kind's workflow.
+pub fn states(kind: WorkflowKind) -> KindStates {
+    let (during, succeeded, failed) = match kind {
+        WorkflowKind::Create => (
+            ClusterState::Starting,
+            ClusterState::Running,
+            ClusterState::Error,
+        ),
+        // A failed delete stays Destroying: deleting again resumes the clean-up.
+        WorkflowKind::Delete => (
+            ClusterState::Destroying,
+            ClusterState::Destroyed,
+            ClusterState::Destroying,
+        ),
+        WorkflowKind::Start => (
+            ClusterState::Starting,
+            ClusterState::Running,
+            ClusterState::Alert,
+        ),
+        WorkflowKind::Stop => (
+            ClusterState::Stopping,
+            ClusterState::Stopped,
+            ClusterState::Alert,
+        ),
+    };
+    KindStates {
+        during,
+        succeeded,
+        failed,
     }
 }
 

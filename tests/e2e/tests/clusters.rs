@@ -165,6 +165,93 @@ async fn a_cluster_is_created_used_with_kubectl_and_deleted() {
     stack.stop().await;
 }
 
+/// Runs a cluster operation as the user and returns the job's result.
+async fn operate(stack: &Stack, command: &str, id: &str) -> Value {
+    let job = stack.user.submit(command, &[("id", id)]).await.unwrap();
+    match stack
+        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
+        .await
+    {
+        Ok(result) => result,
+        Err(err) => {
+            let listed = stack
+                .user
+                .call("listKubernetesClusters", &[("id", id)])
+                .await
+                .unwrap_or_default();
+            panic!(
+                "{command} failed: {err}\n{:#}",
+                listed["kubernetescluster"][0]["progress"]
+            );
+        }
+    }
+}
+
+async fn listed(stack: &Stack, id: &str) -> Value {
+    let listed = stack
+        .user
+        .call("listKubernetesClusters", &[("id", id)])
+        .await
+        .unwrap();
+    listed["kubernetescluster"][0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_cluster_starts_again_with_its_nodes_and_kubeconfig() {
+    let Some((_serial, stack)) = start("cluster stop and start").await else {
+        return;
+    };
+    let cluster = create(&stack, &[("name", "sleeper"), ("size", "1")]).await;
+    let id = cluster["id"].as_str().unwrap().to_string();
+    let config = kubeconfig(&stack, &id).await;
+
+    let stopped = operate(&stack, "stopKubernetesCluster", &id).await;
+    assert_eq!(stopped["success"], true, "{stopped}");
+    let cluster = listed(&stack, &id).await;
+    assert_eq!(cluster["state"], "Stopped", "{cluster:#}");
+    let vms = cluster["virtualmachines"].as_array().unwrap();
+    assert_eq!(vms.len(), 2);
+    assert!(vms.iter().all(|vm| vm["state"] == "Stopped"), "{vms:#?}");
+    // The API server went down with its node.
+    let down = config.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        kubectl(&down, &["get", "nodes", "--request-timeout=5s"])
+    })
+    .await
+    .unwrap();
+    assert!(
+        refused.is_err(),
+        "the API server still answers: {refused:?}"
+    );
+    // Stopping a stopped cluster changes nothing and succeeds, as in CKS.
+    assert_eq!(
+        operate(&stack, "stopKubernetesCluster", &id).await["success"],
+        true
+    );
+
+    let started = operate(&stack, "startKubernetesCluster", &id).await;
+    let cluster = &started["kubernetescluster"];
+    assert_eq!(cluster["state"], "Running", "{cluster:#}");
+    let steps: Vec<&str> = cluster["progress"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["start-vms", "wait-ready"]);
+    // The kubeconfig handed out before the stop reaches the same cluster, both nodes Ready.
+    let ready = tokio::task::spawn_blocking(move || ready_nodes(config))
+        .await
+        .unwrap();
+    assert_eq!(ready.len(), 2, "{ready:?}");
+    // Starting a running cluster changes nothing and succeeds.
+    let again = operate(&stack, "startKubernetesCluster", &id).await;
+    assert_eq!(again["kubernetescluster"]["state"], "Running");
+
+    delete_and_check_nothing_is_left(&stack, &id).await;
+    stack.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ha_cluster_of_three_control_nodes_and_two_workers_runs_behind_the_load_balancer() {
     let Some((_serial, stack)) = start("HA cluster end to end").await else {

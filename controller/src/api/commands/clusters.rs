@@ -671,6 +671,113 @@ pub async fn config(api: &Api, caller: &Caller, params: &Params) -> Result<Reply
     })))
 }
 
+/// `stopKubernetesCluster id` (async): stops every node VM, keeping its disk. A Stopped or
+/// Stopping cluster is left as it is (the job succeeds, as in CKS); Running and Alert clusters
+/// go to Stopping, then Stopped (or Alert if a VM would not stop). Unlike CKS, a cluster still
+/// being created or started is refused: its workflow owns the VMs until it ends.
+///
+/// # Errors
+/// Unknown cluster; a state that cannot be stopped.
+pub async fn stop(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, ApiError> {
+    let id = params.require("id")?;
+    let cluster = owned_cluster(api, caller, id)?;
+    let spec = JobSpec {
+        command: "stopKubernetesCluster",
+        cmd: "org.apache.cloudstack.api.command.user.kubernetes.cluster.StopKubernetesClusterCmd",
+        instance_type: "KubernetesCluster",
+        instance_id: &cluster.id,
+    };
+    match cluster.state {
+        ClusterState::Stopped | ClusterState::Stopping => {
+            already_there(api, caller, &spec, json!({ "success": true }))
+        }
+        ClusterState::Running | ClusterState::Alert => {
+            run_power_workflow(api, caller, &cluster, WorkflowKind::Stop, &spec)
+        }
+        state => Err(ApiError::internal(format!(
+            "Kubernetes cluster : {} is in state {state} and cannot be stopped",
+            cluster.name
+        ))),
+    }
+}
+
+/// `startKubernetesCluster id` (async): starts the node VMs of a Stopped cluster and waits
+/// until every node is Ready again. A Running or Starting cluster is left as it is (the job
+/// succeeds, as in CKS); a failed start leaves the cluster in Alert, the step named.
+///
+/// # Errors
+/// Unknown cluster; a state that cannot be started.
+pub async fn start(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, ApiError> {
+    let id = params.require("id")?;
+    let cluster = owned_cluster(api, caller, id)?;
+    let spec = JobSpec {
+        command: "startKubernetesCluster",
+        cmd: "org.apache.cloudstack.api.command.user.kubernetes.cluster.StartKubernetesClusterCmd",
+        instance_type: "KubernetesCluster",
+        instance_id: &cluster.id,
+    };
+    match cluster.state {
+        ClusterState::Running | ClusterState::Starting => {
+            let object = render::cluster_by_id(&api.ctx, &cluster.id).await?;
+            already_there(api, caller, &spec, json!({ "kubernetescluster": object }))
+        }
+        ClusterState::Stopped => {
+            run_power_workflow(api, caller, &cluster, WorkflowKind::Start, &spec)
+        }
+        state => Err(ApiError::internal(format!(
+            "Kubernetes cluster : {} is in state {state} and cannot be started",
+            cluster.name
+        ))),
+    }
+}
+
+/// A job that succeeds at once with `result`: the cluster is already where it was asked to go.
+fn already_there(
+    api: &Api,
+    caller: &Caller,
+    spec: &JobSpec<'_>,
+    result: serde_json::Value,
+) -> Result<Reply, ApiError> {
+    let job = api.ctx.jobs.create(caller, spec)?;
+    api.ctx.jobs.succeed(&job.id, result)?;
+    Ok(Reply::Async {
+        job_id: job.id,
+        id: None,
+    })
+}
+
+/// Moves the cluster to the state the workflow runs in (compare-and-set, so two requests
+/// cannot both start one), records the job and the workflow, and runs it.
+fn run_power_workflow(
+    api: &Api,
+    caller: &Caller,
+    cluster: &ClusterRecord,
+    kind: WorkflowKind,
+    spec: &JobSpec<'_>,
+) -> Result<Reply, ApiError> {
+    let ctx = &api.ctx;
+    let during = crate::workflow::states(kind).during;
+    if !ctx
+        .store
+        .set_cluster_state(&cluster.id, cluster.state, during, None)?
+    {
+        return Err(ApiError::internal(format!(
+            "Kubernetes cluster {} changed state meanwhile; try again",
+            cluster.name
+        )));
+    }
+    let job = ctx.jobs.create(caller, spec)?;
+    let timeout = ctx.settings.seconds(START_TIMEOUT);
+    let workflow = new_workflow(kind, &cluster.id, &job.id, timeout);
+    ctx.store.insert_workflow(&workflow)?;
+    tracing::info!(cluster = %cluster.id, name = %cluster.name, operation = kind.as_str(), "cluster operation accepted");
+    api.engine.spawn(workflow);
+    Ok(Reply::Async {
+        job_id: job.id,
+        id: None,
+    })
+}
+
 /// `deleteKubernetesCluster id` (async): allowed from Running, Stopped, Alert, Error and
 /// Destroying (an interrupted delete); removes everything the cluster made.
 ///

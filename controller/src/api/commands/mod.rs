@@ -83,6 +83,18 @@ pub const KUBERNETES_COMMANDS: &[CommandInfo] = &[
         description: "Get Kubernetes cluster config",
     },
     CommandInfo {
+        name: "startKubernetesCluster",
+        admin_only: false,
+        is_async: true,
+        description: "Starts a stopped Kubernetes cluster",
+    },
+    CommandInfo {
+        name: "stopKubernetesCluster",
+        admin_only: false,
+        is_async: true,
+        description: "Stops a running Kubernetes cluster",
+    },
+    CommandInfo {
         name: "deleteKubernetesCluster",
         admin_only: false,
         is_async: true,
@@ -157,6 +169,8 @@ pub async fn dispatch(api: &Api, caller: &Caller, params: &Params) -> Result<Rep
             "createKubernetesCluster" => clusters::create(api, caller, params).await,
             "listKubernetesClusters" => clusters::list(api, caller, params).await,
             "getKubernetesClusterConfig" => clusters::config(api, caller, params).await,
+            "startKubernetesCluster" => clusters::start(api, caller, params).await,
+            "stopKubernetesCluster" => clusters::stop(api, caller, params).await,
             "deleteKubernetesCluster" => clusters::delete(api, caller, params).await,
             _ => Err(ApiError::unknown_command(command, &caller.user_id)),
         };
