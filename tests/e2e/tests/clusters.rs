@@ -658,8 +658,8 @@ async fn current_step(stack: &Stack, id: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_controller_killed_mid_create_resumes_and_nothing_runs_twice() {
-    if !nodes_possible("controller crash during create") {
+async fn a_controller_killed_mid_create_stop_and_start_resumes_each_and_nothing_runs_twice() {
+    if !nodes_possible("controller crashes during create, stop and start") {
         return;
     }
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -684,28 +684,14 @@ async fn a_controller_killed_mid_create_resumes_and_nothing_runs_twice() {
         .await
         .unwrap();
     let id = job.id.clone().unwrap();
-    // Kill it (SIGKILL) once the first control node is being initialised or joined.
-    let mut seen = None;
-    for _ in 0..3000 {
-        seen = current_step(&stack, &id).await;
-        if matches!(
-            seen.as_deref(),
-            Some("init-control-plane" | "join-control-planes" | "join-workers")
-        ) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let process = stack.process.as_mut().unwrap();
-    process.kill();
-    let killed_in = seen.unwrap_or_default();
-    eprintln!("controller killed in step {killed_in}");
-    assert!(
-        ["init-control-plane", "join-control-planes", "join-workers"].contains(&killed_in.as_str()),
-        "the create never reached the agents' steps: {killed_in}"
-    );
-    // Started again on the same data directory: the workflow resumes from its journal.
-    process.start().unwrap();
+    // Kill it (SIGKILL) once the first control node is being initialised or joined, and
+    // start it again on the same data directory: the workflow resumes from its journal.
+    let killed_in = kill_and_restart_in(
+        &mut stack,
+        &id,
+        &["init-control-plane", "join-control-planes", "join-workers"],
+    )
+    .await;
     let result = stack
         .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
         .await
@@ -733,6 +719,91 @@ async fn a_controller_killed_mid_create_resumes_and_nothing_runs_twice() {
     }
     assert_eq!(inits, 1);
     assert_eq!(ready(&stack, &id).await.len(), 3);
+
+    // Stop and start resume the same way. CloudStack answers stopVirtualMachine and
+    // startVirtualMachine slowly here, so the kills surely land inside stop-vms and start-vms.
+    let slow = |command: &str| cloudsim::faults::FaultRule {
+        command: command.into(),
+        error_rate: 0.0,
+        error_code: 530,
+        latency_ms: 1500,
+        lost_response_rate: 0.0,
+        job_failure_rate: 0.0,
+    };
+    stack.sim.set_faults(cloudsim::faults::FaultConfig {
+        rules: vec![slow("stopVirtualMachine"), slow("startVirtualMachine")],
+        ..cloudsim::faults::FaultConfig::default()
+    });
+    let job = stack
+        .user
+        .submit("stopKubernetesCluster", &[("id", &id)])
+        .await
+        .unwrap();
+    kill_and_restart_in(&mut stack, &id, &["stop-vms"]).await;
+    let stopped = stack
+        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(stopped["success"], true);
+    let vms = stack
+        .admin
+        .call("listVirtualMachines", &[("listall", "true")])
+        .await
+        .unwrap();
+    let vms = vms["virtualmachine"].as_array().unwrap();
+    assert_eq!(vms.len(), 3);
+    assert!(vms.iter().all(|vm| vm["state"] == "Stopped"), "{vms:#?}");
+
+    let job = stack
+        .user
+        .submit("startKubernetesCluster", &[("id", &id)])
+        .await
+        .unwrap();
+    kill_and_restart_in(&mut stack, &id, &["start-vms"]).await;
+    let started = stack
+        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
+        .await
+        .unwrap();
+    stack
+        .sim
+        .set_faults(cloudsim::faults::FaultConfig::default());
+    assert_eq!(started["kubernetescluster"]["state"], "Running");
+    let log = stack.process.as_ref().unwrap().log();
+    assert_eq!(log.matches("resuming workflow").count(), 3, "{log}");
+    assert_eq!(ready(&stack, &id).await.len(), 3);
+
     delete_and_check_nothing_is_left(&stack, &id).await;
     stack.stop().await;
+}
+
+/// Waits until cluster `id`'s operation is in one of `steps`, kills the controller there with
+/// SIGKILL and starts it again on the same data directory; returns the step it was killed in.
+async fn kill_and_restart_in(stack: &mut Stack, id: &str, steps: &[&str]) -> String {
+    let mut seen = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while tokio::time::Instant::now() < deadline {
+        seen = current_step(stack, id).await;
+        if seen.as_deref().is_some_and(|s| steps.contains(&s)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed_in = seen.unwrap_or_default();
+    if !steps.contains(&killed_in.as_str()) {
+        let listed = stack
+            .user
+            .call("listKubernetesClusters", &[("id", id)])
+            .await;
+        let log = stack.process.as_ref().unwrap().log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "the operation never reached {steps:?} (last seen: {killed_in:?})\n{listed:#?}\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let process = stack.process.as_mut().unwrap();
+    process.kill();
+    eprintln!("controller killed in step {killed_in}");
+    process.start().unwrap();
+    killed_in
 }
