@@ -739,6 +739,18 @@ async fn a_controller_killed_mid_create_stop_and_start_resumes_each_and_nothing_
         .submit("stopKubernetesCluster", &[("id", &id)])
         .await
         .unwrap();
+    // Asking again while it stops answers with the same job.
+    let again = stack
+        .user
+        .submit("stopKubernetesCluster", &[("id", &id)])
+        .await
+        .unwrap();
+    assert_eq!(
+        again.job_id,
+        job.job_id,
+        "{:#}",
+        listed(&stack, &id).await["progress"]
+    );
     kill_and_restart_in(&mut stack, &id, &["stop-vms"]).await;
     let stopped = stack
         .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)

@@ -671,10 +671,11 @@ pub async fn config(api: &Api, caller: &Caller, params: &Params) -> Result<Reply
     })))
 }
 
-/// `stopKubernetesCluster id` (async): stops every node VM, keeping its disk. A Stopped or
-/// Stopping cluster is left as it is (the job succeeds, as in CKS); Running and Alert clusters
-/// go to Stopping, then Stopped (or Alert if a VM would not stop). Unlike CKS, a cluster still
-/// being created or started is refused: its workflow owns the VMs until it ends.
+/// `stopKubernetesCluster id` (async): stops every node VM, keeping its disk. A Stopped cluster
+/// is left as it is (the job succeeds, as in CKS), a Stopping one answers with the running
+/// stop's job; Running and Alert clusters go to Stopping, then Stopped (or Alert if a VM would
+/// not stop). Unlike CKS, a cluster still being created or started is refused: its workflow
+/// owns the VMs until it ends.
 ///
 /// # Errors
 /// Unknown cluster; a state that cannot be stopped.
@@ -688,6 +689,11 @@ pub async fn stop(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, 
         instance_id: &cluster.id,
     };
     match cluster.state {
+        ClusterState::Stopping
+            if let Some(job_id) = running_job(api, &cluster, &[WorkflowKind::Stop])? =>
+        {
+            Ok(Reply::Async { job_id, id: None })
+        }
         ClusterState::Stopped | ClusterState::Stopping => {
             already_there(api, caller, &spec, json!({ "success": true }))
         }
@@ -702,8 +708,9 @@ pub async fn stop(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, 
 }
 
 /// `startKubernetesCluster id` (async): starts the node VMs of a Stopped cluster and waits
-/// until every node is Ready again. A Running or Starting cluster is left as it is (the job
-/// succeeds, as in CKS); a failed start leaves the cluster in Alert, the step named.
+/// until every node is Ready again. A Running cluster is left as it is (the job succeeds, as in
+/// CKS), a Starting one answers with the running start's (or create's) job; a failed start
+/// leaves the cluster in Alert, the step named.
 ///
 /// # Errors
 /// Unknown cluster; a state that cannot be started.
@@ -717,6 +724,12 @@ pub async fn start(api: &Api, caller: &Caller, params: &Params) -> Result<Reply,
         instance_id: &cluster.id,
     };
     match cluster.state {
+        ClusterState::Starting
+            if let Some(job_id) =
+                running_job(api, &cluster, &[WorkflowKind::Start, WorkflowKind::Create])? =>
+        {
+            Ok(Reply::Async { job_id, id: None })
+        }
         ClusterState::Running | ClusterState::Starting => {
             let object = render::cluster_by_id(&api.ctx, &cluster.id).await?;
             already_there(api, caller, &spec, json!({ "kubernetescluster": object }))
@@ -729,6 +742,21 @@ pub async fn start(api: &Api, caller: &Caller, params: &Params) -> Result<Reply,
             cluster.name
         ))),
     }
+}
+
+/// The job of the cluster's operation still running, when it is of one of `kinds`: asking
+/// again for what is under way answers with the job that does it.
+fn running_job(
+    api: &Api,
+    cluster: &ClusterRecord,
+    kinds: &[WorkflowKind],
+) -> Result<Option<String>, ApiError> {
+    Ok(api
+        .ctx
+        .store
+        .latest_workflow(&cluster.id)?
+        .filter(|w| w.status == WorkflowStatus::Running && kinds.contains(&w.kind))
+        .map(|w| w.job_id))
 }
 
 /// A job that succeeds at once with `result`: the cluster is already where it was asked to go.
@@ -801,16 +829,10 @@ pub async fn delete(api: &Api, caller: &Caller, params: &Params) -> Result<Reply
         )));
     }
     if cluster.state == ClusterState::Destroying
-        && let Some(running) = ctx
-            .store
-            .latest_workflow(&cluster.id)?
-            .filter(|w| w.kind == WorkflowKind::Delete && w.status == WorkflowStatus::Running)
+        && let Some(job_id) = running_job(api, &cluster, &[WorkflowKind::Delete])?
     {
         // Already being deleted: report the running delete's job.
-        return Ok(Reply::Async {
-            job_id: running.job_id,
-            id: None,
-        });
+        return Ok(Reply::Async { job_id, id: None });
     }
     if cluster.network_created
         && let Some(network_id) = &cluster.network_id
