@@ -24,8 +24,8 @@ pub const START_STEPS: &[&str] = &["start-vms", "wait-ready"];
 /// [`StepError`]: retry (not yet) or fail (for good).
 pub async fn run(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     match sc.step {
-        "stop-vms" => stop_vms(sc).await,
-        "start-vms" => start_vms(sc).await,
+        "stop-vms" => power_vms(sc, Power::Off).await,
+        "start-vms" => power_vms(sc, Power::On).await,
         "wait-ready" => super::create::wait_ready(sc).await,
         other => Err(StepError::fail(format!("unknown start/stop step {other}"))),
     }
@@ -45,65 +45,46 @@ fn node_vms(sc: &StepCtx<'_>) -> Result<Vec<(String, String)>, StepError> {
         .collect()
 }
 
-/// Stops every node VM that is not stopped yet, one after the other as CKS does. Idempotent:
-/// a resumed run skips what is already Stopped.
-async fn stop_vms(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
-    let cloud = sc.ctx.cloud.clone();
-    let mut stopped = 0;
-    for (name, vm_id) in node_vms(sc)? {
-        let Some(vm) = cloud.vm(&vm_id).await? else {
-            return Err(StepError::fail(format!("the VM of node {name} is gone")));
-        };
-        match vm.state {
-            VmState::Stopped => {}
-            VmState::Running | VmState::Starting | VmState::Error => {
-                cloud.stop_vm(&vm_id).await?;
-                stopped += 1;
-                info!(vm = %vm_id, node = %name, "node VM stopped");
-            }
-            VmState::Stopping | VmState::Migrating => {
-                return Err(StepError::retry(
-                    format!("the VM of node {name} is {:?}", vm.state),
-                    Duration::from_secs(2),
-                ));
-            }
-            state => {
-                return Err(StepError::fail(format!(
-                    "the VM of node {name} is {state:?} and cannot be stopped"
-                )));
-            }
-        }
-    }
-    Ok(format!("{stopped} node VMs stopped"))
+/// Which way a step turns the node VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Power {
+    Off,
+    On,
 }
 
-/// Starts every node VM that is not running yet. Idempotent like [`stop_vms`].
-async fn start_vms(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
+/// Stops (or starts) every node VM that is not stopped (or running) yet, one after the other as
+/// CKS does. Idempotent: a resumed run skips the VMs already done.
+async fn power_vms(sc: &StepCtx<'_>, power: Power) -> Result<String, StepError> {
     let cloud = sc.ctx.cloud.clone();
-    let mut started = 0;
+    let verb = match power {
+        Power::Off => "stopped",
+        Power::On => "started",
+    };
+    let mut changed = 0;
     for (name, vm_id) in node_vms(sc)? {
         let Some(vm) = cloud.vm(&vm_id).await? else {
             return Err(StepError::fail(format!("the VM of node {name} is gone")));
         };
-        match vm.state {
-            VmState::Running => {}
-            VmState::Stopped => {
-                cloud.start_vm(&vm_id).await?;
-                started += 1;
-                info!(vm = %vm_id, node = %name, "node VM started");
+        match (power, vm.state) {
+            (Power::Off, VmState::Stopped) | (Power::On, VmState::Running) => continue,
+            (Power::Off, VmState::Running | VmState::Starting | VmState::Error) => {
+                cloud.stop_vm(&vm_id).await?;
             }
-            VmState::Starting | VmState::Stopping | VmState::Migrating => {
+            (Power::On, VmState::Stopped) => cloud.start_vm(&vm_id).await?,
+            (_, VmState::Starting | VmState::Stopping | VmState::Migrating) => {
                 return Err(StepError::retry(
                     format!("the VM of node {name} is {:?}", vm.state),
                     Duration::from_secs(2),
                 ));
             }
-            state => {
+            (_, state) => {
                 return Err(StepError::fail(format!(
-                    "the VM of node {name} is {state:?} and cannot be started"
+                    "the VM of node {name} is {state:?} and cannot be {verb}"
                 )));
             }
         }
+        changed += 1;
+        info!(vm = %vm_id, node = %name, "node VM {verb}");
     }
-    Ok(format!("{started} node VMs started"))
+    Ok(format!("{changed} node VMs {verb}"))
 }
