@@ -52,35 +52,23 @@ pub struct KindStates {
     pub failed: ClusterState,
 }
 
-/// The states of a kind's workflow.
+/// The states of a kind's workflow: the state it runs in is the kind's; where it ends comes
+/// from the CKS transition table ([`state::transition`]).
 pub fn states(kind: WorkflowKind) -> KindStates {
-    let (during, succeeded, failed) = match kind {
-        WorkflowKind::Create => (
-            ClusterState::Starting,
-            ClusterState::Running,
-            ClusterState::Error,
-        ),
+    use state::Event;
+    let (during, failure) = match kind {
+        WorkflowKind::Create => (ClusterState::Starting, Some(Event::CreateFailed)),
         // A failed delete stays Destroying: deleting again resumes the clean-up.
-        WorkflowKind::Delete => (
-            ClusterState::Destroying,
-            ClusterState::Destroyed,
-            ClusterState::Destroying,
-        ),
-        WorkflowKind::Start => (
-            ClusterState::Starting,
-            ClusterState::Running,
-            ClusterState::Alert,
-        ),
-        WorkflowKind::Stop => (
-            ClusterState::Stopping,
-            ClusterState::Stopped,
-            ClusterState::Alert,
-        ),
+        WorkflowKind::Delete => (ClusterState::Destroying, None),
+        WorkflowKind::Start => (ClusterState::Starting, Some(Event::OperationFailed)),
+        WorkflowKind::Stop => (ClusterState::Stopping, Some(Event::OperationFailed)),
     };
+    // Every pair used here is in the table (the test below pins each kind's states).
+    let after = |event| state::transition(during, event).unwrap_or(during);
     KindStates {
         during,
-        succeeded,
-        failed,
+        succeeded: after(Event::OperationSucceeded),
+        failed: failure.map_or(during, after),
     }
 }
 
@@ -153,6 +141,33 @@ impl From<crate::agents::HubError> for StepError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_runs_and_ends_in_the_states_cks_gives_it() {
+        use ClusterState as S;
+        let expected = [
+            (WorkflowKind::Create, S::Starting, S::Running, S::Error),
+            (
+                WorkflowKind::Delete,
+                S::Destroying,
+                S::Destroyed,
+                S::Destroying,
+            ),
+            (WorkflowKind::Start, S::Starting, S::Running, S::Alert),
+            (WorkflowKind::Stop, S::Stopping, S::Stopped, S::Alert),
+        ];
+        for (kind, during, succeeded, failed) in expected {
+            assert_eq!(
+                states(kind),
+                KindStates {
+                    during,
+                    succeeded,
+                    failed
+                },
+                "{kind:?}"
+            );
+        }
+    }
     use crate::store::{StepStatus, WorkflowStatus};
 
     fn workflow() -> WorkflowRecord {
