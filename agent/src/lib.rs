@@ -181,14 +181,9 @@ pub fn locate_bundle(
     if let Some(path) = &config.bundle {
         return Ok(BundleLocation::from_path(path)?);
     }
-    let discovery = Discovery::new(
-        config.dev_dir.clone(),
-        config.sys_dir.clone(),
-        config.bundle_label.clone(),
-        config.discovery_timeout,
-    );
     Ok(BundleLocation::Device(find_bundle_device(
-        &discovery, sleep,
+        &discovery(config),
+        sleep,
     )?))
 }
 
@@ -198,14 +193,17 @@ pub fn bundle_present(config: &Config) -> bool {
     if config.bundle.is_some() {
         return true;
     }
+    discovery(config).scan_once().is_some()
+}
+
+/// The configured search for the bundle device.
+fn discovery(config: &Config) -> Discovery {
     Discovery::new(
         config.dev_dir.clone(),
         config.sys_dir.clone(),
         config.bundle_label.clone(),
         config.discovery_timeout,
     )
-    .scan_once()
-    .is_some()
 }
 
 /// What an earlier boot installed completely, according to the journal. A node whose ISO was
@@ -219,20 +217,34 @@ pub fn completed_install(config: &Config) -> Result<Option<InstallOutcome>, Agen
     let Some(state) = Journal::peek(&paths.data_dir)? else {
         return Ok(None);
     };
-    let Some(bundle) = state.bundle.as_ref() else {
+    let Some(sha) = state.bundle.as_ref().map(|b| b.manifest_sha256.clone()) else {
         return Ok(None);
     };
-    if !journal_complete(&state, &bundle.manifest_sha256) {
-        return Ok(None);
+    Ok(journaled_outcome(
+        &state,
+        &sha,
+        "installed at an earlier boot (journal)".to_string(),
+    ))
+}
+
+/// The outcome of an install the journal records as complete for the bundle `sha`: nothing
+/// run, nothing imported.
+fn journaled_outcome(state: &JournalState, sha: &str, bundle: String) -> Option<InstallOutcome> {
+    if !journal_complete(state, sha) {
+        return None;
     }
-    Ok(Some(InstallOutcome {
-        bundle: "installed at an earlier boot (journal)".to_string(),
-        manifest_sha256: bundle.manifest_sha256.clone(),
-        kubernetes_version: bundle.kubernetes_version.clone(),
+    Some(InstallOutcome {
+        bundle,
+        manifest_sha256: sha.to_string(),
+        kubernetes_version: state
+            .bundle
+            .as_ref()
+            .map(|b| b.kubernetes_version.clone())
+            .unwrap_or_default(),
         steps_run: Vec::new(),
         images_imported: Vec::new(),
         images_skipped: Vec::new(),
-    }))
+    })
 }
 
 /// Finds and opens the bundle.
@@ -327,21 +339,10 @@ pub fn install_reporting(
     // Fast path: the journal says this very bundle is fully installed. Nothing is written.
     if let Some(sha) = manifest_sha256(bundle)
         && let Some(state) = Journal::peek(&paths.data_dir)?
-        && journal_complete(&state, sha.hex())
+        && let Some(outcome) = journaled_outcome(&state, sha.hex(), location.clone())
     {
         info!(manifest_sha256 = %sha, "bundle already installed; nothing to do");
-        let version = state
-            .bundle
-            .map(|b| b.kubernetes_version)
-            .unwrap_or_default();
-        return Ok(InstallOutcome {
-            bundle: location,
-            manifest_sha256: sha.hex().to_string(),
-            kubernetes_version: version,
-            steps_run: Vec::new(),
-            images_imported: Vec::new(),
-            images_skipped: Vec::new(),
-        });
+        return Ok(outcome);
     }
 
     let verified = verify_for_install(bundle)?;
