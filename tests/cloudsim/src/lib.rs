@@ -175,9 +175,12 @@ impl Inner {
         self.faults.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    pub(crate) fn calls(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn count_call(&self, command: &str) {
-        let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        *calls.entry(command.to_owned()).or_default() += 1;
+        *self.calls().entry(command.to_owned()).or_default() += 1;
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -448,20 +451,12 @@ impl SimHandle {
     /// Authenticated API calls per command (as the client spelled it) since the start or the
     /// last [`reset_call_counts`](Self::reset_call_counts).
     pub fn call_counts(&self) -> BTreeMap<String, u64> {
-        self.inner
-            .calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.inner.calls().clone()
     }
 
     /// Starts counting calls afresh.
     pub fn reset_call_counts(&self) {
-        self.inner
-            .calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.inner.calls().clear();
     }
 
     /// A copy of the current state.
