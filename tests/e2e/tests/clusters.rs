@@ -46,19 +46,22 @@ async fn create(stack: &Stack, extra: &[(&str, &str)]) -> Value {
         .await
         .unwrap();
     let id = job.id.clone().unwrap();
-    match stack
-        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
-        .await
-    {
-        Ok(result) => result["kubernetescluster"].clone(),
+    finished(stack, "createKubernetesCluster", &id, &job.job_id).await["kubernetescluster"].clone()
+}
+
+/// The result of job `job_id` of a cluster operation; when it fails, the panic shows the
+/// cluster's progress.
+async fn finished(stack: &Stack, command: &str, id: &str, job_id: &str) -> Value {
+    match stack.wait_job(&stack.user, job_id, CREATE_TIMEOUT).await {
+        Ok(result) => result,
         Err(err) => {
             let listed = stack
                 .user
-                .call("listKubernetesClusters", &[("id", &id)])
+                .call("listKubernetesClusters", &[("id", id)])
                 .await
                 .unwrap_or_default();
             panic!(
-                "create failed: {err}\n{:#}",
+                "{command} failed: {err}\n{:#}",
                 listed["kubernetescluster"][0]["progress"]
             );
         }
@@ -168,23 +171,7 @@ async fn a_cluster_is_created_used_with_kubectl_and_deleted() {
 /// Runs a cluster operation as the user and returns the job's result.
 async fn operate(stack: &Stack, command: &str, id: &str) -> Value {
     let job = stack.user.submit(command, &[("id", id)]).await.unwrap();
-    match stack
-        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
-        .await
-    {
-        Ok(result) => result,
-        Err(err) => {
-            let listed = stack
-                .user
-                .call("listKubernetesClusters", &[("id", id)])
-                .await
-                .unwrap_or_default();
-            panic!(
-                "{command} failed: {err}\n{:#}",
-                listed["kubernetescluster"][0]["progress"]
-            );
-        }
-    }
+    finished(stack, command, id, &job.job_id).await
 }
 
 async fn listed(stack: &Stack, id: &str) -> Value {
@@ -752,10 +739,7 @@ async fn a_controller_killed_mid_create_stop_and_start_resumes_each_and_nothing_
         listed(&stack, &id).await["progress"]
     );
     kill_and_restart_in(&mut stack, &id, &["stop-vms"]).await;
-    let stopped = stack
-        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
-        .await
-        .unwrap();
+    let stopped = finished(&stack, "stopKubernetesCluster", &id, &job.job_id).await;
     assert_eq!(stopped["success"], true);
     let vms = stack
         .admin
@@ -772,10 +756,7 @@ async fn a_controller_killed_mid_create_stop_and_start_resumes_each_and_nothing_
         .await
         .unwrap();
     kill_and_restart_in(&mut stack, &id, &["start-vms"]).await;
-    let started = stack
-        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
-        .await
-        .unwrap();
+    let started = finished(&stack, "startKubernetesCluster", &id, &job.job_id).await;
     stack
         .sim
         .set_faults(cloudsim::faults::FaultConfig::default());
