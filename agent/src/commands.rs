@@ -9,10 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cks_proto::agent::command::Kind;
 use cks_proto::agent::command_result::Payload;
-use cks_proto::agent::{Command, CommandResult, Kubeconfig, NodesStatus, UpgradeReport};
+use cks_proto::agent::{
+    ClusterHealth, Command, CommandResult, Kubeconfig, NodesStatus, UpgradeReport,
+};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -21,10 +24,13 @@ use crate::config::{CKS_SUCCESS_MARKER, Config};
 use crate::images::ImageStore;
 use crate::journal::write_atomic;
 use crate::kube::kubeadm::Kubeadm;
-use crate::kube::kubectl::Kubectl;
+use crate::kube::kubectl::{DEFAULT_DRAIN_TIMEOUT, Kubectl};
 
 /// Sub-directory of the data dir with one file per finished command.
 pub const RESULTS_DIR: &str = "results";
+/// How long each of the health check's requests may wait for the API server: one that does not
+/// answer by then fails the check.
+const HEALTH_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Results of finished commands, on disk.
 #[derive(Debug, Clone)]
@@ -235,11 +241,16 @@ impl Executor {
                 Ok(Some(Payload::Nodes(NodesStatus { nodes })))
             }
             Kind::Drain(drain) => {
+                let timeout = match drain.timeout_seconds {
+                    0 => DEFAULT_DRAIN_TIMEOUT,
+                    seconds => Duration::from_secs(u64::from(seconds)),
+                };
                 self.admin_kubectl()
-                    .drain(&drain.node_name, drain.grace_seconds)
+                    .drain(&drain.node_name, drain.grace_seconds, timeout)
                     .map_err(chain)?;
                 Ok(None)
             }
+            Kind::CheckHealth(_) => self.check_health(),
             Kind::Uncordon(uncordon) => {
                 self.admin_kubectl()
                     .uncordon(&uncordon.node_name)
@@ -276,6 +287,24 @@ impl Executor {
                 Ok(None)
             }
         }
+    }
+
+    /// Every Node and every kube-system pod, as this control node's kubectl sees them. Judges
+    /// nothing: the controller decides what is healthy.
+    fn check_health(&self) -> Outcome {
+        let kubeadm = self.kubeadm();
+        if !kubeadm.admin_conf().exists() {
+            return Err(
+                "check-health is allowed only on a control node that has joined the cluster: this node has no admin kubeconfig"
+                    .into(),
+            );
+        }
+        let kubectl = self
+            .admin_kubectl()
+            .with_request_timeout(HEALTH_REQUEST_TIMEOUT);
+        let nodes = kubectl.nodes().map_err(chain)?;
+        let system_pods = kubectl.system_pods().map_err(chain)?;
+        Ok(Some(Payload::Health(ClusterHealth { nodes, system_pods })))
     }
 
     /// Installs the newly attached bundle, runs kubeadm's upgrade, swaps the kubelet.
@@ -344,6 +373,7 @@ pub fn command_name(command: &Command) -> &'static str {
         Some(Kind::DeleteNode(_)) => "delete-node",
         Some(Kind::RenewCertificates(_)) => "renew-certificates",
         Some(Kind::ConfigureRegistry(_)) => "configure-registry",
+        Some(Kind::CheckHealth(_)) => "check-health",
         None => "empty",
     }
 }

@@ -2,8 +2,10 @@
 //! enrollment with a pinned CA, init and join driven by commands, a stream cut in the middle
 //! of a command, an agent killed in the middle of its install and restarted, a corrupt bundle,
 //! a refused token and a wrong CA fingerprint; and, on the cluster the agents form, the CNI and
-//! dashboard applied, nodes read, a worker drained and uncordoned, an upgrade to a new bundle
-//! and a node deleted.
+//! dashboard applied, nodes read, the health gate (every node, every kube-system pod) checked
+//! before and right after the control plane's upgrade, a worker drained and uncordoned, a drain
+//! held by a PodDisruptionBudget failing within its timeout and naming the budget, an upgrade to
+//! a new bundle and a node deleted.
 //!
 //! The nodes run what a real node runs, with kubesim's stand-ins where Kubernetes cannot run
 //! here: the bundle's `k8s/kubeadm` and `k8s/kubelet` are wrappers around the kubesim binaries
@@ -34,8 +36,9 @@ use cks_controller::pki::{AgentCa, NodeIdentity};
 use cks_proto::agent::command::Kind;
 use cks_proto::agent::command_result::Payload;
 use cks_proto::agent::{
-    ApplyManifests, Command, CreateJoinMaterial, DeleteNode, Drain, FetchKubeconfig, GetNodes,
-    InitControlPlane, JoinWorker, KubeNode, NodeRole, StepStatus, Uncordon, Upgrade,
+    ApplyManifests, CheckHealth, ClusterHealth, Command, CreateJoinMaterial, DeleteNode, Drain,
+    FetchKubeconfig, GetNodes, InitControlPlane, InlineManifest, JoinWorker, KubeNode, NodeRole,
+    StepStatus, SystemPod, Uncordon, Upgrade,
 };
 use common::bundle::{TestBundle, host_arch};
 use tokio::net::{TcpListener, TcpStream};
@@ -686,6 +689,41 @@ async fn two_agents_enroll_init_join_and_survive_a_cut_stream() {
     })
     .await;
 
+    // The health gate on the healthy cluster: every node Ready; every kube-system pod (the
+    // control plane's static pods, kube-proxy and the CNI on each node, CoreDNS) Running and
+    // ready. A worker has no admin kubeconfig: it may not answer.
+    let health = wait_healthy(&controller, "cp-1", "a healthy cluster", |health| {
+        count_pods(health, "kube-proxy-") == 2 && count_pods(health, "coredns-") == 2
+    })
+    .await;
+    assert_eq!(node_names(&health), vec!["cp-1", "worker-1"]);
+    for name in CONTROL_PLANE_PODS {
+        let pod = system_pod(&health, &format!("{name}-cp-1"));
+        assert_eq!(pod.node_name, "cp-1");
+    }
+    for prefix in ["kube-proxy-", "calico-node-"] {
+        let mut nodes: Vec<&str> = health
+            .system_pods
+            .iter()
+            .filter(|p| p.name.starts_with(prefix))
+            .map(|p| p.node_name.as_str())
+            .collect();
+        nodes.sort_unstable();
+        assert_eq!(nodes, vec!["cp-1", "worker-1"], "{prefix}*");
+    }
+    let refused = controller
+        .send(
+            "worker-1",
+            "health-on-worker",
+            Kind::CheckHealth(CheckHealth {}),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        agent_error(&refused).contains("allowed only on a control node that has joined"),
+        "{refused}"
+    );
+
     // Drain the worker: cordoned, the dashboard evicted; then uncordon it.
     controller
         .send(
@@ -694,6 +732,7 @@ async fn two_agents_enroll_init_join_and_survive_a_cut_stream() {
             Kind::Drain(Drain {
                 node_name: "worker-1".into(),
                 grace_seconds: 1,
+                timeout_seconds: 0,
             }),
         )
         .await
@@ -744,6 +783,23 @@ async fn two_agents_enroll_init_join_and_survive_a_cut_stream() {
         other => panic!("no upgrade report: {other:?}"),
     }
     assert!(cp.kubectl(&["version"]).contains("Server Version: v1.34.0"));
+    // The health gate right after it: the API answers, every node is there and Ready, and the
+    // static pods the upgrade restarted run again, ready. kube-proxy's pods, replaced for the
+    // new version, follow within the gate's wait.
+    let health = check_health(&controller, "cp-1", "health-after-upgrade-1").await;
+    assert_eq!(node_names(&health), vec!["cp-1", "worker-1"]);
+    assert!(health.nodes.iter().all(|n| n.ready), "{:?}", health.nodes);
+    for name in CONTROL_PLANE_PODS {
+        let pod = system_pod(&health, &format!("{name}-cp-1"));
+        assert!(pod.phase == "Running" && pod.ready, "{pod:?}");
+    }
+    wait_healthy(
+        &controller,
+        "cp-1",
+        "a healthy cluster after the upgrade",
+        |health| count_pods(health, "kube-proxy-") == 2,
+    )
+    .await;
     controller
         .send("worker-1", "upgrade-2", upgrade(false))
         .await
@@ -787,6 +843,104 @@ async fn two_agents_enroll_init_join_and_survive_a_cut_stream() {
     assert_no_secret(&worker, &[&worker_token, &material.token]);
 }
 
+/// The static pods kubeadm runs on a control node.
+const CONTROL_PLANE_PODS: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
+/// The agent's error text of a failed command.
+#[track_caller]
+fn agent_error(err: &HubError) -> &str {
+    match err {
+        HubError::Failed { error, .. } => error,
+        other => panic!("the command did not fail on the node: {other}"),
+    }
+}
+
+/// Sends `CheckHealth` to `node` as command `id`; the snapshot it answers.
+async fn check_health(controller: &Controller, node: &str, id: &str) -> ClusterHealth {
+    match controller
+        .send(node, id, Kind::CheckHealth(CheckHealth {}))
+        .await
+    {
+        Ok(Some(Payload::Health(health))) => health,
+        other => panic!("CheckHealth failed: {other:?}"),
+    }
+}
+
+/// What keeps `health` from passing the upgrade gate: a node not Ready, a kube-system pod not
+/// Running and ready. An empty snapshot never passes.
+fn unhealthy(health: &ClusterHealth) -> Vec<String> {
+    let mut problems: Vec<String> = health
+        .nodes
+        .iter()
+        .filter(|n| !n.ready)
+        .map(|n| format!("node {} not Ready", n.name))
+        .collect();
+    problems.extend(
+        health
+            .system_pods
+            .iter()
+            .filter(|p| p.phase != "Running" || !p.ready)
+            .map(|p| format!("pod {} {} ready={}", p.name, p.phase, p.ready)),
+    );
+    if health.nodes.is_empty() || health.system_pods.is_empty() {
+        problems.push("an empty snapshot".into());
+    }
+    problems
+}
+
+/// Sends `CheckHealth` (a fresh command id each time) until the cluster passes the gate and
+/// `check` holds; fails after [`WAIT`].
+async fn wait_healthy(
+    controller: &Controller,
+    node: &str,
+    what: &str,
+    check: impl Fn(&ClusterHealth) -> bool,
+) -> ClusterHealth {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let id = format!("health-{}", SEQ.fetch_add(1, Ordering::Relaxed));
+        let health = check_health(controller, node, &id).await;
+        if unhealthy(&health).is_empty() && check(&health) {
+            return health;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last: {:?} {health:?}",
+            unhealthy(&health)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn node_names(health: &ClusterHealth) -> Vec<&str> {
+    let mut names: Vec<&str> = health.nodes.iter().map(|n| n.name.as_str()).collect();
+    names.sort_unstable();
+    names
+}
+
+fn count_pods(health: &ClusterHealth, prefix: &str) -> usize {
+    health
+        .system_pods
+        .iter()
+        .filter(|p| p.name.starts_with(prefix))
+        .count()
+}
+
+#[track_caller]
+fn system_pod<'a>(health: &'a ClusterHealth, name: &str) -> &'a SystemPod {
+    health
+        .system_pods
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no kube-system pod {name} in {:?}", health.system_pods))
+}
+
 /// Polls `check` (blocking, briefly) every 200 ms until it holds; fails after [`WAIT`].
 async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -826,6 +980,183 @@ async fn wait_nodes(
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Two agents form a cluster: cp-1 inits, worker-1 joins with fresh material, the bundle's CNI
+/// makes both nodes Ready.
+async fn form_cluster(controller: &Controller, base: &Path, bundle: &Path) -> (Node, Node) {
+    let fingerprint = controller.hub.ca().fingerprint();
+    let net = subnet();
+    let mut cp = Node::new(base, "cp-1", format!("{net}.1"), bundle);
+    cp.write_config(
+        &[controller.addr],
+        &fingerprint,
+        &controller.token("cp-1", NodeRole::FirstControl),
+    );
+    let mut worker = Node::new(base, "worker-1", format!("{net}.2"), bundle);
+    worker.write_config(
+        &[controller.addr],
+        &fingerprint,
+        &controller.token("worker-1", NodeRole::Worker),
+    );
+    cp.start();
+    worker.start();
+    controller
+        .send("cp-1", "init-1", init_command(&cp))
+        .await
+        .unwrap();
+    let material = match controller
+        .send(
+            "cp-1",
+            "join-material-1",
+            Kind::CreateJoinMaterial(CreateJoinMaterial {
+                ttl_seconds: 600,
+                for_control_plane: false,
+            }),
+        )
+        .await
+        .unwrap()
+    {
+        Some(Payload::JoinMaterial(material)) => material,
+        other => panic!("no join material: {other:?}"),
+    };
+    controller
+        .send(
+            "worker-1",
+            "join-1",
+            Kind::JoinWorker(JoinWorker {
+                api_server_endpoint: material.api_server_endpoint,
+                token: material.token,
+                ca_cert_hash: material.ca_cert_hash,
+                node_name: "worker-1".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    controller
+        .send(
+            "cp-1",
+            "apply-network",
+            Kind::ApplyManifests(ApplyManifests {
+                bundle_files: vec!["network.yaml".into()],
+                inline: vec![],
+            }),
+        )
+        .await
+        .unwrap();
+    wait_nodes(controller, "cp-1", "both nodes Ready", |nodes| {
+        nodes.len() == 2 && nodes.iter().all(|n| n.ready)
+    })
+    .await;
+    (cp, worker)
+}
+
+/// An app whose every replica a PodDisruptionBudget protects (minAvailable = replicas).
+const GUARDED_WEB: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - {name: web, image: nginx:1.27}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web
+  namespace: default
+spec:
+  minAvailable: 2
+  selector:
+    matchLabels: {app: web}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_held_by_a_disruption_budget_fails_within_its_timeout_naming_the_budget() {
+    let controller = Controller::start().await;
+    let base = tempfile::tempdir().unwrap();
+    let bundle = TestBundle::kubesim(host_arch(), "1.33.1");
+    let (cp, _worker) = form_cluster(&controller, base.path(), &bundle.tree).await;
+    controller
+        .send(
+            "cp-1",
+            "apply-web",
+            Kind::ApplyManifests(ApplyManifests {
+                bundle_files: vec![],
+                inline: vec![InlineManifest {
+                    name: "guarded-web".into(),
+                    yaml: GUARDED_WEB.into(),
+                }],
+            }),
+        )
+        .await
+        .unwrap();
+    // Both replicas run on the worker (the control plane is tainted).
+    let web_on_worker = |node: &Node| -> Vec<String> {
+        let pods: serde_json::Value = serde_json::from_str(&node.kubectl(&[
+            "get", "pods", "-n", "default", "-l", "app=web", "-o", "json",
+        ]))
+        .unwrap();
+        pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["spec"]["nodeName"] == "worker-1" && p["status"]["phase"] == "Running")
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    wait_until("both web replicas running on the worker", || {
+        web_on_worker(&cp).len() == 2
+    })
+    .await;
+    let web = tokio::task::block_in_place(|| web_on_worker(&cp));
+
+    // The budget refuses every eviction: the drain gives up at its 5 s timeout, not the
+    // default 300 s, and says which budget held which pods.
+    let started = tokio::time::Instant::now();
+    let err = controller
+        .send(
+            "cp-1",
+            "drain-web",
+            Kind::Drain(Drain {
+                node_name: "worker-1".into(),
+                grace_seconds: 1,
+                timeout_seconds: 5,
+            }),
+        )
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(30),
+        "the drain took {took:?}"
+    );
+    let error = agent_error(&err);
+    assert!(
+        error.starts_with("drain of node worker-1 blocked by a PodDisruptionBudget:"),
+        "{error}"
+    );
+    assert!(
+        error.contains("(protected by PodDisruptionBudget default/web)"),
+        "{error}"
+    );
+    assert!(error.contains("within 5s"), "{error}");
+    for pod in &web {
+        assert!(error.contains(&format!("default/{pod}")), "{pod}: {error}");
+    }
+    // Nothing it protects was evicted; the node stays cordoned.
+    assert_eq!(tokio::task::block_in_place(|| web_on_worker(&cp)), web);
+    let node: serde_json::Value =
+        serde_json::from_str(&cp.kubectl(&["get", "node", "worker-1", "-o", "json"])).unwrap();
+    assert_eq!(node["spec"]["unschedulable"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

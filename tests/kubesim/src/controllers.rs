@@ -16,7 +16,12 @@
 //!   scaled to 0; ReplicaSets keep `replicas` pods;
 //! * scheduling: unbound pods go to the Ready, schedulable node with the fewest pods whose
 //!   taints they tolerate and whose labels match their `nodeSelector`;
-//! * workload statuses (`kubectl get ds/deploy/rs`) are kept up to date.
+//! * node lifecycle also marks the pods of a node whose kubelet went silent not Ready (their
+//!   phase stays as the kubelet last reported it), as `MarkPodsNotReady` does;
+//! * workload statuses (`kubectl get ds/deploy/rs`) are kept up to date;
+//! * the disruption controller keeps each PodDisruptionBudget's status (`kubectl get pdb`):
+//!   expected and healthy (Ready) pods, and how many disruptions it allows now. Evictions ask
+//!   [`budget_allowance`] the same question.
 //!
 //! Pods do not run anywhere: the kubelet of the pod's node reports them `Running` once the node
 //! has a network (or the pod uses the host network), which is what a drain waits on.
@@ -79,12 +84,14 @@ fn node_internal_ip(node: &Value) -> String {
 pub fn reconcile(objects: &mut Objects, now: u64, settings: &Settings) {
     ensure_namespaces(objects, now);
     node_lifecycle(objects, now, settings);
+    mark_pods_not_ready(objects, now);
     collect_garbage(objects, now);
     daemonsets(objects, now);
     deployments(objects, now);
     replicasets(objects, now);
     schedule(objects, now);
     workload_statuses(objects, now);
+    disruption_budgets(objects, now);
 }
 
 fn ensure_namespaces(objects: &mut Objects, now: u64) {
@@ -206,6 +213,36 @@ fn node_lifecycle(objects: &mut Objects, now: u64, settings: &Settings) {
             }
         }
         save_if_changed(objects, "nodes", &old, node, now);
+    }
+}
+
+/// The pods of a node whose kubelet stopped posting status (Ready `Unknown`) are no longer
+/// Ready: nobody knows whether they still run.
+fn mark_pods_not_ready(objects: &mut Objects, now: u64) {
+    let silent: BTreeSet<String> = objects
+        .list("nodes", None)
+        .into_iter()
+        .filter(|n| node_ready(n) == "Unknown")
+        .map(|n| name_of(n).to_string())
+        .collect();
+    if silent.is_empty() {
+        return;
+    }
+    for old in objects.snapshot("pods") {
+        if !silent.contains(text(&old, "/spec/nodeName")) {
+            continue;
+        }
+        let mut pod = old.clone();
+        if let Some(ready) = pod
+            .pointer_mut("/status/conditions")
+            .and_then(Value::as_array_mut)
+            .and_then(|cs| cs.iter_mut().find(|c| text(c, "/type") == "Ready"))
+            && text(ready, "/status") != "False"
+        {
+            ready["status"] = json!("False");
+            ready["lastTransitionTime"] = json!(rfc3339(now));
+        }
+        save_if_changed(objects, "pods", &old, pod, now);
     }
 }
 
@@ -596,22 +633,22 @@ fn schedule(objects: &mut Objects, now: u64) {
     }
 }
 
+/// Whether a pod is Running with its Ready condition True (what "healthy" and "available"
+/// mean to the workload and disruption controllers).
+pub fn pod_ready(pod: &Value) -> bool {
+    text(pod, "/status/phase") == "Running"
+        && pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True")
+            })
+}
+
 fn pod_counts(pods: &[&Value]) -> (i64, i64) {
     let total = i64::try_from(pods.len()).unwrap_or(0);
-    let ready = i64::try_from(
-        pods.iter()
-            .filter(|p| text(p, "/status/phase") == "Running")
-            .filter(|p| {
-                p.pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| text(c, "/type") == "Ready" && text(c, "/status") == "True")
-                    })
-            })
-            .count(),
-    )
-    .unwrap_or(0);
+    let ready = i64::try_from(pods.iter().filter(|p| pod_ready(p)).count()).unwrap_or(0);
     (total, ready)
 }
 
@@ -697,12 +734,142 @@ fn workload_statuses(objects: &mut Objects, now: u64) {
     }
 }
 
+/// What a PodDisruptionBudget allows now, as the disruption controller computes it (and the
+/// eviction subresource checks it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    /// Pods the budget selects.
+    pub expected: i64,
+    /// Of those, the Running and Ready ones.
+    pub current_healthy: i64,
+    /// How many must stay healthy (`minAvailable`, or `expected - maxUnavailable`).
+    pub desired_healthy: i64,
+    /// How many may be evicted now; never negative.
+    pub disruptions_allowed: i64,
+}
+
+/// Whether `pdb` selects `pod` (same namespace; in policy/v1 an empty selector selects every
+/// pod of the namespace, a missing one none).
+pub fn budget_selects(pdb: &Value, pod: &Value) -> bool {
+    if namespace_of(pdb) != namespace_of(pod) {
+        return false;
+    }
+    match pdb.pointer("/spec/selector") {
+        Some(Value::Object(selector))
+            if selector.values().all(|v| match v {
+                Value::Object(m) => m.is_empty(),
+                Value::Array(a) => a.is_empty(),
+                _ => v.is_null(),
+            }) =>
+        {
+            true
+        }
+        selector => crate::selectors::matches_selector(selector, pod.pointer("/metadata/labels")),
+    }
+}
+
+/// The allowance of `pdb` over the pods in `objects`; `None` when it sets neither
+/// `minAvailable` nor `maxUnavailable` (the API server refuses such a budget).
+pub fn budget_allowance(objects: &Objects, pdb: &Value) -> Option<Allowance> {
+    let selected: Vec<&Value> = objects
+        .list("pods", Some(namespace_of(pdb)))
+        .into_iter()
+        .filter(|p| budget_selects(pdb, p))
+        .collect();
+    let expected = i64::try_from(selected.len()).unwrap_or(i64::MAX);
+    let current_healthy =
+        i64::try_from(selected.iter().filter(|p| pod_ready(p)).count()).unwrap_or(i64::MAX);
+    // Integers as given; percentages of the selected pods, rounded up.
+    let resolve = |v: &Value| -> Option<i64> {
+        match v {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s
+                .strip_suffix('%')
+                .and_then(|p| p.parse::<i64>().ok())
+                .map(|p| (p * expected + 99) / 100),
+            _ => None,
+        }
+    };
+    let desired_healthy = if let Some(min) = pdb.pointer("/spec/minAvailable").and_then(resolve) {
+        min
+    } else {
+        let max = pdb.pointer("/spec/maxUnavailable").and_then(resolve)?;
+        (expected - max).max(0)
+    };
+    Some(Allowance {
+        expected,
+        current_healthy,
+        desired_healthy,
+        disruptions_allowed: (current_healthy - desired_healthy).max(0),
+    })
+}
+
+/// The disruption controller: every PodDisruptionBudget's status.
+fn disruption_budgets(objects: &mut Objects, now: u64) {
+    for pdb in objects.snapshot("poddisruptionbudgets.policy") {
+        let Some(allowance) = budget_allowance(objects, &pdb) else {
+            continue;
+        };
+        let generation = pdb
+            .pointer("/metadata/generation")
+            .cloned()
+            .unwrap_or(json!(1));
+        let allowed = allowance.disruptions_allowed > 0;
+        let status = if allowed { "True" } else { "False" };
+        let transition = pdb
+            .pointer("/status/conditions/0")
+            .filter(|c| text(c, "/status") == status)
+            .map_or_else(
+                || rfc3339(now),
+                |c| text(c, "/lastTransitionTime").to_string(),
+            );
+        let mut next = pdb.clone();
+        next["status"] = json!({
+            "observedGeneration": generation,
+            "disruptionsAllowed": allowance.disruptions_allowed,
+            "currentHealthy": allowance.current_healthy,
+            "desiredHealthy": allowance.desired_healthy,
+            "expectedPods": allowance.expected,
+            "conditions": [{"type": "DisruptionAllowed", "status": status,
+                "reason": if allowed { "SufficientPods" } else { "InsufficientPods" },
+                "message": "", "observedGeneration": generation, "lastTransitionTime": transition}],
+        });
+        save_if_changed(objects, "poddisruptionbudgets.policy", &pdb, next, now);
+    }
+}
+
+/// What the kubelet knows of a pod's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodState {
+    /// Started and running: phase `Running`, Ready.
+    Running,
+    /// Not started yet (no pod network yet, or a static pod whose new manifest is not running
+    /// yet): phase `Pending`, containers waiting in `ContainerCreating`, not Ready.
+    Creating,
+    /// Started before, now exited and waiting to be restarted: phase `Running`, containers
+    /// waiting in `CrashLoopBackOff`, not Ready.
+    Restarting,
+}
+
 /// The status the kubelet of `node` reports for `pod`: `Running` and ready when the node has
 /// a pod network or the pod uses the host's, else `Pending` with its containers waiting in
 /// `ContainerCreating`. `network_ready` says whether a CNI is installed.
 pub fn pod_status(pod: &Value, node: &Value, network_ready: bool, now: u64) -> Value {
     let host_network = pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true);
-    let running = network_ready || host_network;
+    let state = if network_ready || host_network {
+        PodState::Running
+    } else {
+        PodState::Creating
+    };
+    pod_status_in(pod, node, state, now)
+}
+
+/// The status the kubelet of `node` reports for `pod` in `state`; `now` is its start time
+/// unless the pod already has one.
+pub fn pod_status_in(pod: &Value, node: &Value, state: PodState, now: u64) -> Value {
+    let host_network = pod.pointer("/spec/hostNetwork").and_then(Value::as_bool) == Some(true);
+    let running = state == PodState::Running;
+    let started_once = state != PodState::Creating;
     let host_ip = node_internal_ip(node);
     let started = pod
         .pointer("/status/startTime")
@@ -719,28 +886,30 @@ pub fn pod_status(pod: &Value, node: &Value, network_ready: bool, now: u64) -> V
             .unwrap_or_default()
     };
     let container_status = |(name, image): &(String, String), init: bool| {
-        let state = if init && running {
+        let container = if init && started_once {
             json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started, "finishedAt": started}})
         } else if running {
             json!({"running": {"startedAt": started}})
+        } else if started_once {
+            json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off restarting failed container {name}")}})
         } else {
             json!({"waiting": {"reason": if init { "PodInitializing" } else { "ContainerCreating" }}})
         };
         json!({"name": name, "image": image, "imageID": "", "ready": running && !init,
-               "restartCount": 0, "started": running && !init, "state": state})
+               "restartCount": i32::from(state == PodState::Restarting), "started": running && !init, "state": container})
     };
     let pod_ip = if host_network {
         host_ip.clone()
-    } else if running {
+    } else if started_once {
         pod_ip(pod, node)
     } else {
         String::new()
     };
     let condition = |kind: &str, ok: bool| json!({"type": kind, "status": if ok { "True" } else { "False" }, "lastTransitionTime": started});
     let mut status = json!({
-        "phase": if running { "Running" } else { "Pending" },
+        "phase": if started_once { "Running" } else { "Pending" },
         "conditions": [
-            condition("Initialized", running),
+            condition("Initialized", started_once),
             condition("Ready", running),
             condition("ContainersReady", running),
             condition("PodScheduled", true),
@@ -893,6 +1062,105 @@ mod tests {
         o.remove("nodes", "", "w-1");
         reconcile(&mut o, NOW, &Settings::default());
         assert!(o.get("pods", "default", "p").is_none());
+    }
+
+    #[test]
+    fn budgets_report_what_they_allow_and_select_as_policy_v1_does() {
+        let mut o = Objects::default();
+        node(&mut o, "w-1", "True", json!([]));
+        let pod = |o: &mut Objects, name: &str, app: &str, ready: &str| {
+            o.put(
+                "pods",
+                json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": app}},
+                       "spec": {"nodeName": "w-1"}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": ready}]}}),
+                NOW,
+            );
+        };
+        pod(&mut o, "web-1", "web", "True");
+        pod(&mut o, "web-2", "web", "True");
+        pod(&mut o, "db-1", "db", "False");
+        let budget = |name: &str, spec: Value| {
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                   "metadata": {"name": name, "namespace": "default", "generation": 1}, "spec": spec})
+        };
+        let all = budget(
+            "all",
+            json!({"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}),
+        );
+        assert_eq!(
+            budget_allowance(&o, &all),
+            Some(Allowance {
+                expected: 2,
+                current_healthy: 2,
+                desired_healthy: 2,
+                disruptions_allowed: 0
+            })
+        );
+        let half = budget(
+            "half",
+            json!({"maxUnavailable": "50%", "selector": {"matchLabels": {"app": "web"}}}),
+        );
+        assert_eq!(budget_allowance(&o, &half).unwrap().disruptions_allowed, 1);
+        // An empty selector selects every pod of the namespace; the not-Ready one is not healthy.
+        let everything = budget("everything", json!({"minAvailable": 1, "selector": {}}));
+        let allowance = budget_allowance(&o, &everything).unwrap();
+        assert_eq!((allowance.expected, allowance.current_healthy), (3, 2));
+        assert!(budget_allowance(&o, &budget("neither", json!({"selector": {}}))).is_none());
+
+        o.put("poddisruptionbudgets.policy", all, NOW);
+        reconcile(&mut o, NOW, &Settings::default());
+        let status = &o
+            .get("poddisruptionbudgets.policy", "default", "all")
+            .unwrap()["status"];
+        assert_eq!(status["disruptionsAllowed"], 0);
+        assert_eq!(status["currentHealthy"], 2);
+        assert_eq!(status["desiredHealthy"], 2);
+        assert_eq!(status["expectedPods"], 2);
+        assert_eq!(status["conditions"][0]["reason"], "InsufficientPods");
+    }
+
+    #[test]
+    fn the_pods_of_a_silent_node_are_no_longer_ready() {
+        let mut o = Objects::default();
+        node(&mut o, "w-1", "True", json!([]));
+        let running = pod_status(
+            &json!({"spec": {"containers": [{"name": "c", "image": "i"}]}}),
+            o.get("nodes", "", "w-1").unwrap(),
+            true,
+            NOW,
+        );
+        o.put(
+            "pods",
+            json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"nodeName": "w-1"}, "status": running}),
+            NOW,
+        );
+        reconcile(&mut o, NOW, &Settings::default());
+        assert!(pod_ready(o.get("pods", "default", "p").unwrap()));
+        reconcile(&mut o, NOW + NODE_MONITOR_GRACE + 1, &Settings::default());
+        let pod = o.get("pods", "default", "p").unwrap();
+        assert!(!pod_ready(pod));
+        assert_eq!(
+            pod["status"]["phase"], "Running",
+            "the phase stays as last reported"
+        );
+    }
+
+    #[test]
+    fn a_restarting_pod_runs_but_is_not_ready_and_a_new_one_is_pending() {
+        let node = json!({"metadata": {"name": "n"}, "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}});
+        let pod =
+            json!({"spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "i"}]}});
+        let restarting = pod_status_in(&pod, &node, PodState::Restarting, NOW);
+        assert_eq!(restarting["phase"], "Running");
+        assert!(!pod_ready(&json!({"status": restarting})));
+        assert_eq!(
+            restarting["containerStatuses"][0]["state"]["waiting"]["reason"],
+            "CrashLoopBackOff"
+        );
+        let creating = pod_status_in(&pod, &node, PodState::Creating, NOW);
+        assert_eq!(creating["phase"], "Pending");
+        let running = pod_status_in(&pod, &node, PodState::Running, NOW);
+        assert!(pod_ready(&json!({"status": running})));
     }
 
     #[test]

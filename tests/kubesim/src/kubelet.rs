@@ -37,7 +37,7 @@ use tracing::{info, warn};
 
 use crate::clock::{now_unix, parse_rfc3339, rfc3339};
 use crate::cluster::ClusterDir;
-use crate::controllers::pod_status;
+use crate::controllers::{PodState, pod_status, pod_status_in};
 use crate::daemon::process_start_time;
 use crate::env::{NodeEnv, default_route_address, go_arch};
 use crate::flags::{FlagSpec, Parsed};
@@ -883,7 +883,9 @@ fn desired_node(
     node
 }
 
-/// Keeps one mirror pod (`<name>-<node>`) per static pod, Running while its process is up.
+/// Keeps one mirror pod (`<name>-<node>`) per static pod: Running and Ready while its process
+/// is up, Running but not Ready while a crashed one waits to restart, Pending while a new
+/// manifest's process has not started.
 fn sync_mirror_pods(
     objects: &mut Objects,
     node: &Value,
@@ -912,6 +914,13 @@ fn sync_mirror_pods(
         let mirror_name = format!("{name}-{node_name}");
         let old = objects.get("pods", namespace, &mirror_name).cloned();
         let (hash, up, started) = running.get(name).cloned().unwrap_or_default();
+        // A new manifest's pod is created (Pending) until its process runs; a process that
+        // exited is waiting to be restarted (Running, not Ready).
+        let state = match (hash == pod.hash, up) {
+            (true, true) => PodState::Running,
+            (true, false) => PodState::Restarting,
+            (false, _) => PodState::Creating,
+        };
         let mut mirror = pod.manifest.clone();
         mirror["apiVersion"] = json!("v1");
         mirror["kind"] = json!("Pod");
@@ -927,12 +936,7 @@ fn sync_mirror_pods(
         mirror["metadata"]["ownerReferences"] = json!([{"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": uid_of(node), "controller": true}]);
         mirror["spec"]["nodeName"] = json!(node_name);
         mirror["spec"]["hostNetwork"] = json!(true);
-        let running_this = up && hash == pod.hash;
-        let mut status = pod_status(&mirror, node, true, started.max(1));
-        if !running_this {
-            status["phase"] = json!("Pending");
-        }
-        mirror["status"] = status;
+        mirror["status"] = pod_status_in(&mirror, node, state, started.max(1));
         if let Some(old) = &old {
             for field in ["uid", "creationTimestamp", "resourceVersion"] {
                 if let Some(v) = old.pointer(&format!("/metadata/{field}")) {

@@ -7,7 +7,7 @@
 //! | `kubeadm` | [`kubeadm`] | kubeadm: init, join, tokens, certificates, upgrade, reset |
 //! | `kubelet` | [`kubelet`] | the kubelet: Node registration and status, static pods, pod status |
 //! | `kube-apiserver` | [`apiserver`] | the API server: HTTPS with client certificates, discovery, CRUD, patch, evictions, watch |
-//! | `kube-controller-manager` | [`controller_manager`], [`controllers`] | controllers and scheduler: DaemonSets, Deployments, ReplicaSets, node lifecycle, GC |
+//! | `kube-controller-manager` | [`controller_manager`], [`controllers`] | controllers and scheduler: DaemonSets, Deployments, ReplicaSets, node lifecycle, disruption budgets, GC |
 //! | `systemctl` | [`systemd`] | systemd for the `kubelet` and `containerd` units |
 //!
 //! The node's world comes from the environment ([`env`]): `KUBESIM_ROOT` (the node's root;

@@ -2,8 +2,9 @@
 //! starts the kubelet through systemctl, the kubelet runs the API server and the controller
 //! manager from their static pod manifests, a worker and a second control plane join, a CNI
 //! makes the nodes Ready, apply is idempotent, watches work (wait, rollout status), drain
-//! evicts, uncordon and delete work, node credentials are limited, and an upgrade restarts the
-//! control plane and the kubelet at the new version.
+//! evicts, uncordon and delete work, node credentials are limited, kube-system's pods run Ready,
+//! a PodDisruptionBudget holds a drain until its timeout, and an upgrade restarts the control
+//! plane (kubeadm waiting for each static pod) and the kubelet at the new version.
 
 #![allow(clippy::unwrap_used)]
 
@@ -169,6 +170,14 @@ fn pods(sim: &Sim, kubeconfig: &Path) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// Whether a pod's Ready condition is True.
+fn pod_ready(pod: &Value) -> bool {
+    pod["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 fn init(sim: &Sim, cp: &common::SimNode) -> String {
@@ -473,6 +482,35 @@ fn an_upgrade_restarts_the_control_plane_and_the_kubelet_at_the_new_version() {
         out.contains("SUCCESS! Your cluster was upgraded to \"v1.34.0\""),
         "{out}"
     );
+    // kubeadm waited for every restarted static pod: each runs its new manifest, Ready.
+    for component in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
+        assert!(
+            out.contains(&format!("Component \"{component}\" upgraded successfully!")),
+            "{out}"
+        );
+        let pod = json(&ok(&sim.kubectl(
+            &admin,
+            &[
+                "get",
+                "pod",
+                &format!("{component}-cp-1"),
+                "-n",
+                "kube-system",
+                "-o",
+                "json",
+            ],
+        )));
+        assert_eq!(
+            pod["spec"]["containers"][0]["image"],
+            format!("registry.k8s.io/{component}:v1.34.0")
+        );
+        assert_eq!(pod["status"]["phase"], "Running", "{component}");
+        assert!(pod_ready(&pod), "{component}: {pod}");
+    }
     let version = ok(&sim.kubectl(&admin, &["version"]));
     assert!(version.contains("Server Version: v1.34.0"), "{version}");
     ok(&cp.systemctl(&sim, &["daemon-reload"]));
@@ -503,6 +541,168 @@ fn an_upgrade_restarts_the_control_plane_and_the_kubelet_at_the_new_version() {
             .is_err()
             .then_some(())
     });
+}
+
+/// An app whose every pod a PodDisruptionBudget protects.
+const GUARDED_APP: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - {name: web, image: nginx:1.27}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web
+  namespace: default
+spec:
+  minAvailable: 2
+  selector:
+    matchLabels: {app: web}
+"#;
+
+#[test]
+fn kube_system_pods_run_ready_and_a_budget_holds_a_drain_until_its_timeout() {
+    let sim = Sim::new();
+    let cp = sim.node("cp-1", 1, "v1.33.1");
+    let worker = sim.node("w-1", 2, "v1.33.1");
+    let admin = cp.admin_conf();
+    init(&sim, &cp);
+    let join = ok(&cp.kubeadm(
+        &sim,
+        &["token", "create", "--ttl", "10m", "--print-join-command"],
+    ));
+    let mut args: Vec<&str> = join.split_whitespace().skip(1).collect();
+    args.extend(["--node-name", "w-1"]);
+    ok(&worker.kubeadm(&sim, &args));
+    let manifest = sim.dir.path().join("manifest.yaml");
+    std::fs::write(&manifest, format!("{MANIFEST}---\n{GUARDED_APP}")).unwrap();
+    ok(&sim.kubectl(&admin, &["apply", "-f", manifest.to_str().unwrap()]));
+
+    // Every kube-system pod, as kubectl lists them: the control plane's static pods, kube-proxy
+    // and the CNI on both nodes, CoreDNS; all Running and Ready once the network is up.
+    let system = eventually(WAIT, "every kube-system pod Running and Ready", || {
+        let listed = json(&ok(
+            &sim.kubectl(&admin, &["get", "pods", "-n", "kube-system", "-o", "json"])
+        ));
+        let pods = listed["items"].as_array().unwrap().clone();
+        (pods.len() == 10
+            && pods
+                .iter()
+                .all(|p| p["status"]["phase"] == "Running" && pod_ready(p)))
+        .then_some(pods)
+    });
+    let names: Vec<&str> = system
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "etcd-cp-1",
+        "kube-apiserver-cp-1",
+        "kube-controller-manager-cp-1",
+        "kube-scheduler-cp-1",
+    ] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    for prefix in ["kube-proxy-", "calico-node-", "coredns-"] {
+        assert_eq!(
+            names.iter().filter(|n| n.starts_with(prefix)).count(),
+            2,
+            "{prefix}* in {names:?}"
+        );
+    }
+    let table = ok(&sim.kubectl(&admin, &["get", "pods", "-n", "kube-system"]));
+    assert!(
+        table
+            .lines()
+            .skip(1)
+            .all(|l| l.contains("1/1") && l.contains("Running")),
+        "{table}"
+    );
+
+    // The budget allows no disruption: kubectl drain retries the refused evictions until its
+    // timeout, then fails; the pods stay, the node stays cordoned.
+    eventually(WAIT, "web running on the worker", || {
+        let pods = pods(&sim, &admin);
+        (pods
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "web")
+            .filter(|p| p["spec"]["nodeName"] == "w-1" && pod_ready(p))
+            .count()
+            == 2)
+            .then_some(())
+    });
+    let pdb = eventually(WAIT, "the budget's status", || {
+        let pdb = json(&ok(&sim.kubectl(
+            &admin,
+            &["get", "pdb", "web", "-n", "default", "-o", "json"],
+        )));
+        (pdb["status"]["currentHealthy"] == 2).then_some(pdb)
+    });
+    assert_eq!(pdb["status"]["disruptionsAllowed"], 0);
+    let started = std::time::Instant::now();
+    let refused = failed(&sim.kubectl(
+        &admin,
+        &[
+            "drain",
+            "w-1",
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--force",
+            "--grace-period=1",
+            "--timeout=5s",
+        ],
+    ));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    assert!(
+        refused.contains(
+            "(will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget."
+        ) && refused.contains("global timeout reached: 5s"),
+        "{refused}"
+    );
+    let web: Vec<String> = pods(&sim, &admin)
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app"] == "web")
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(web.len(), 2);
+    for pod in &web {
+        assert!(
+            refused.contains(&format!("pods/\"{pod}\" -n \"default\"")),
+            "{refused}"
+        );
+    }
+    assert!(ok(&sim.kubectl(&admin, &["get", "nodes"])).contains("Ready,SchedulingDisabled"));
+
+    // Without the budget the same drain evicts them.
+    ok(&sim.kubectl(&admin, &["delete", "pdb", "web", "-n", "default"]));
+    let drained = ok(&sim.kubectl(
+        &admin,
+        &[
+            "drain",
+            "w-1",
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--force",
+            "--grace-period=1",
+            "--timeout=30s",
+        ],
+    ));
+    assert!(drained.contains("node/w-1 drained"), "{drained}");
 }
 
 #[test]

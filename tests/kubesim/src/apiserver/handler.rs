@@ -1049,12 +1049,30 @@ impl Api {
             let Some(pod) = objects.get("pods", namespace, name).cloned() else {
                 return Err(pods.as_ref().map_or_else(not_found_path, |p| not_found(p, name)));
             };
-            if let Some(budget) = blocking_budget(objects, &pod) {
+            let budgets: Vec<&Value> = objects
+                .list("poddisruptionbudgets.policy", Some(namespace))
+                .into_iter()
+                .filter(|pdb| crate::controllers::budget_selects(pdb, &pod))
+                .collect();
+            if budgets.len() > 1 {
+                return Err(status(
+                    500,
+                    "InternalError",
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                    json!({}),
+                ));
+            }
+            if let Some(pdb) = budgets.first()
+                && let Some(allowance) = crate::controllers::budget_allowance(objects, pdb)
+                && !eviction_allowed(&pod, pdb, allowance)
+            {
                 return Err(status(
                     429,
                     "TooManyRequests",
                     "Cannot evict pod as it would violate the pod's disruption budget.",
-                    json!({"causes": [{"reason": "DisruptionBudget", "message": format!("The disruption budget {budget} needs more healthy pods")}]}),
+                    json!({"causes": [{"reason": "DisruptionBudget", "message": format!(
+                        "The disruption budget {} needs {} healthy pods and has {} currently",
+                        name_of(pdb), allowance.desired_healthy, allowance.current_healthy)}]}),
                 ));
             }
             objects.remove("pods", namespace, name);
@@ -1067,51 +1085,26 @@ impl Api {
     }
 }
 
-/// The name of a PodDisruptionBudget that forbids evicting `pod`, if any.
-fn blocking_budget(objects: &Objects, pod: &Value) -> Option<String> {
-    let labels = pod.pointer("/metadata/labels");
-    let namespace = namespace_of(pod);
-    for pdb in objects.list("poddisruptionbudgets.policy", Some(namespace)) {
-        if !crate::selectors::matches_selector(pdb.pointer("/spec/selector"), labels) {
-            continue;
-        }
-        let covered: Vec<&Value> = objects
-            .list("pods", Some(namespace))
-            .into_iter()
-            .filter(|p| {
-                crate::selectors::matches_selector(
-                    pdb.pointer("/spec/selector"),
-                    p.pointer("/metadata/labels"),
-                )
-            })
-            .collect();
-        let healthy = covered
-            .iter()
-            .filter(|p| p.pointer("/status/phase").and_then(Value::as_str) == Some("Running"))
-            .count() as i64;
-        let total = covered.len() as i64;
-        let resolve = |v: &Value| -> Option<i64> {
-            match v {
-                Value::Number(n) => n.as_i64(),
-                Value::String(s) => s
-                    .strip_suffix('%')
-                    .and_then(|p| p.parse::<i64>().ok())
-                    .map(|p| (p * total + 99) / 100),
-                _ => None,
-            }
-        };
-        let allowed = if let Some(min) = pdb.pointer("/spec/minAvailable").and_then(resolve) {
-            healthy - min
-        } else if let Some(max) = pdb.pointer("/spec/maxUnavailable").and_then(resolve) {
-            max - (total - healthy)
-        } else {
-            continue;
-        };
-        if allowed <= 0 {
-            return Some(name_of(pdb).to_string());
-        }
+/// Whether `pdb`, with `allowance`, lets `pod` be evicted, as the eviction subresource decides:
+/// pods that are not running (Pending, Succeeded, Failed) always go; a Running pod that is not
+/// Ready goes when the budget is met (`unhealthyPodEvictionPolicy: IfHealthyBudget`, the
+/// default) or always (`AlwaysAllow`); a Ready pod only while the budget allows a disruption.
+fn eviction_allowed(pod: &Value, pdb: &Value, allowance: crate::controllers::Allowance) -> bool {
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending");
+    if matches!(phase, "Pending" | "Succeeded" | "Failed") {
+        return true;
     }
-    None
+    if !crate::controllers::pod_ready(pod) {
+        let always = pdb
+            .pointer("/spec/unhealthyPodEvictionPolicy")
+            .and_then(Value::as_str)
+            == Some("AlwaysAllow");
+        return always || allowance.current_healthy >= allowance.desired_healthy;
+    }
+    allowance.disruptions_allowed > 0
 }
 
 /// The autoscaling/v1 Scale of a workload.
@@ -1527,18 +1520,20 @@ mod tests {
     #[test]
     fn evictions_delete_pods_unless_a_budget_forbids_it() {
         let (_dir, api) = api();
-        for name in ["a", "b"] {
+        let put_pod = |name: &str, phase: &str, ready: &str| {
             api.store
                 .update(|o| {
                     o.put(
                         "pods",
                         json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "x"}},
-                               "status": {"phase": "Running"}}),
+                               "status": {"phase": phase, "conditions": [{"type": "Ready", "status": ready}]}}),
                         0,
                     )
                 })
                 .unwrap();
-        }
+        };
+        put_pod("a", "Running", "True");
+        put_pod("b", "Running", "True");
         let eviction = |name: &str| {
             admin(
                 "POST",
@@ -1553,8 +1548,26 @@ mod tests {
                    "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "x"}}}}),
         ));
         assert_eq!(api.handle(&eviction("a")).status, 201);
-        assert_eq!(api.handle(&eviction("b")).status, 429);
+        let refused = api.handle(&eviction("b"));
+        assert_eq!(refused.status, 429);
+        assert_eq!(
+            refused.body_json()["details"]["causes"][0]["message"],
+            "The disruption budget pdb needs 1 healthy pods and has 1 currently"
+        );
         assert_eq!(api.handle(&eviction("a")).status, 404);
+        // Pods that are not running, or not Ready while the budget is met, may always go.
+        put_pod("pending", "Pending", "False");
+        assert_eq!(api.handle(&eviction("pending")).status, 201);
+        put_pod("starting", "Running", "False");
+        assert_eq!(api.handle(&eviction("starting")).status, 201);
+        // A second budget over the same pods: the eviction subresource gives up.
+        api.handle(&admin(
+            "POST",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "other"},
+                   "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "x"}}}}),
+        ));
+        assert_eq!(api.handle(&eviction("b")).status, 500);
     }
 
     #[test]

@@ -15,8 +15,8 @@
 //! kubelet` (the `systemctl` found in `PATH`, only when the node has kubesim binaries, i.e.
 //! `KUBESIM_BIN` is set; a failure is a warning, as with kubeadm) and then wait for the control
 //! plane's API server to listen, or for a worker's kubelet to post its Node status. `reset`
-//! stops the kubelet. `upgrade` waits for the kubelet to restart the API server from the new
-//! manifest.
+//! stops the kubelet. `upgrade` waits for the kubelet to restart each upgraded static pod from
+//! its new manifest (and for the API server to listen again).
 
 mod addons;
 mod files;
@@ -986,18 +986,33 @@ fn local_control_plane(env: &Env, state: &ClusterState, version: &str) -> Option
     })
 }
 
+/// The static pods kubeadm upgrades, in its order.
+const UPGRADED_COMPONENTS: &[&str] = &[
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+];
+
 /// Rewrites this control plane's static pods for `version` and, when its kubelet runs, waits
-/// for the kubelet to restart the API server from the new manifest.
+/// (as kubeadm does, component by component) for the kubelet to run each changed one from its
+/// new manifest: its mirror pod carries the new manifest's hash and is Running, and the API
+/// server listens again.
 fn upgrade_static_pods(
     env: &Env,
     dir: &ClusterDir,
     spec: &ControlPlaneSpec,
     out: &mut String,
 ) -> Result<(), Failure> {
-    let manifest = "/etc/kubernetes/manifests/kube-apiserver.yaml";
-    let before = std::fs::read_to_string(path(env, manifest)).unwrap_or_default();
+    let manifest = |component: &str| {
+        std::fs::read_to_string(path(
+            env,
+            &format!("/etc/kubernetes/manifests/{component}.yaml"),
+        ))
+        .unwrap_or_default()
+    };
+    let before: Vec<String> = UPGRADED_COMPONENTS.iter().map(|c| manifest(c)).collect();
     files::write_static_pods(env, spec)?;
-    let after = std::fs::read_to_string(path(env, manifest)).unwrap_or_default();
     let _ = writeln!(
         out,
         "[upgrade/staticpods] Writing new Static Pod manifests to \"/etc/kubernetes/manifests\""
@@ -1008,39 +1023,49 @@ fn upgrade_static_pods(
             .status()
             .is_ok_and(|st| st.success())
     });
-    if before == after || !kubelet_running {
-        return Ok(());
-    }
-    let hash = crate::ids::stable_hash(&after, 16);
-    let mirror = format!("kube-apiserver-{}", spec.node_name);
-    let _ = writeln!(
-        out,
-        "[upgrade/staticpods] Waiting for the kubelet to restart the component"
-    );
     let store = dir.store();
-    let restarted = wait_until(env.wait, || {
-        store.read().ok().is_some_and(|o| {
-            o.get("pods", "kube-system", &mirror).is_some_and(|p| {
-                p.pointer("/metadata/annotations/kubernetes.io~1config.hash")
-                    .and_then(Value::as_str)
-                    == Some(hash.as_str())
-                    && p.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
-            })
-        })
-    }) && wait_until(env.wait, || {
-        listening(SocketAddr::new(spec.advertise_address, spec.bind_port))
-    });
-    if restarted {
+    for (component, before) in UPGRADED_COMPONENTS.iter().zip(before) {
+        let after = manifest(component);
+        if before == after {
+            let _ = writeln!(
+                out,
+                "[upgrade/staticpods] Current and new manifests of {component} are equal, skipping upgrade"
+            );
+            continue;
+        }
+        if !kubelet_running {
+            continue;
+        }
+        let hash = crate::ids::stable_hash(&after, 16);
+        let mirror = format!("{component}-{}", spec.node_name);
         let _ = writeln!(
             out,
-            "[upgrade/staticpods] Component \"kube-apiserver\" upgraded successfully!"
+            "[upgrade/staticpods] Preparing for \"{component}\" upgrade\n[upgrade/staticpods] Waiting for the kubelet to restart the component"
         );
-        Ok(())
-    } else {
-        fail(
-            "[upgrade/staticpods] FATAL: the kubelet did not restart the kube-apiserver from its new manifest: timed out waiting for the condition",
-        )
+        let restarted = wait_until(env.wait, || {
+            store.read().ok().is_some_and(|o| {
+                o.get("pods", "kube-system", &mirror).is_some_and(|p| {
+                    p.pointer("/metadata/annotations/kubernetes.io~1config.hash")
+                        .and_then(Value::as_str)
+                        == Some(hash.as_str())
+                        && p.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+                })
+            })
+        }) && (*component != "kube-apiserver"
+            || wait_until(env.wait, || {
+                listening(SocketAddr::new(spec.advertise_address, spec.bind_port))
+            }));
+        if !restarted {
+            return fail(format!(
+                "[upgrade/staticpods] FATAL: the kubelet did not restart the {component} from its new manifest: timed out waiting for the condition"
+            ));
+        }
+        let _ = writeln!(
+            out,
+            "[apiclient] Found 1 Pods for label selector component={component}\n[upgrade/staticpods] Component \"{component}\" upgraded successfully!"
+        );
     }
+    Ok(())
 }
 
 fn upgrade(args: &[String], env: &Env) -> Step {
