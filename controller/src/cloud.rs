@@ -631,6 +631,73 @@ impl Cloud {
         .map(drop)
     }
 
+    /// Moves a running VM to another service offering (`scaleVirtualMachine`: CloudStack
+    /// scales it live when dynamic scaling is enabled and the VM and offerings allow it).
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn scale_vm(&self, vm_id: &str, offering_id: &str) -> Result<(), CloudStackError> {
+        self.job(
+            "scaleVirtualMachine",
+            &[("id", vm_id), ("serviceofferingid", offering_id)],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Moves a stopped VM to another service offering (`changeServiceForVirtualMachine`).
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn change_vm_offering(
+        &self,
+        vm_id: &str,
+        offering_id: &str,
+    ) -> Result<(), CloudStackError> {
+        self.client
+            .call(
+                "changeServiceForVirtualMachine",
+                &[("id", vm_id), ("serviceofferingid", offering_id)],
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Takes VMs out of a load balancer rule.
+    ///
+    /// # Errors
+    /// CloudStack refused it.
+    pub async fn remove_from_lb(
+        &self,
+        rule_id: &str,
+        vm_ids: &[&str],
+    ) -> Result<(), CloudStackError> {
+        let ids = vm_ids.join(",");
+        self.job(
+            "removeFromLoadBalancerRule",
+            &[("id", rule_id), ("virtualmachineids", &ids)],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The value of a CloudStack global setting (`listConfigurations name=…`).
+    ///
+    /// # Errors
+    /// CloudStack failed.
+    pub async fn global_setting(&self, name: &str) -> Result<Option<String>, CloudStackError> {
+        let items: Vec<Value> = self
+            .client
+            .list("listConfigurations", &[("name", name)], "configuration")
+            .await?;
+        Ok(items
+            .iter()
+            .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+            .and_then(|c| c.get("value"))
+            .and_then(Value::as_str)
+            .map(str::to_string))
+    }
+
     /// The owner's SSH key pair called `name`.
     ///
     /// # Errors

@@ -49,6 +49,8 @@ pub const ENV_AGENTS_ADVERTISE: &str = "CKS_AGENTS_ADVERTISE";
 pub const ENV_DATA_DIR: &str = "CKS_DATA_DIR";
 /// Env: the node template.
 pub const ENV_NODE_TEMPLATE: &str = "CKS_NODE_TEMPLATE";
+/// Env (tests only): a crash ledger file that arms the crash points ([`crate::crashpoint`]).
+pub const ENV_CRASH_LEDGER: &str = "CKS_CRASH_LEDGER";
 
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cks-controller";
@@ -158,6 +160,9 @@ pub struct Config {
     pub service_cidr: String,
     /// Enrollment token lifetime.
     pub enrollment_ttl: Duration,
+    /// Tests only: the crash ledger that arms the crash points (environment only, never in a
+    /// configuration file).
+    pub crash_ledger: Option<PathBuf>,
 }
 
 // === impl Config ===
@@ -338,6 +343,7 @@ impl Config {
                 .service_cidr
                 .unwrap_or_else(|| DEFAULT_SERVICE_CIDR.to_string()),
             enrollment_ttl: Duration::from_secs(ttl),
+            crash_ledger: env.get(ENV_CRASH_LEDGER).map(PathBuf::from),
         })
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agents::AgentHub;
+use crate::agents::Agents;
 use crate::cloud::Cloud;
 use crate::jobs::Jobs;
 use crate::seal::Sealer;
@@ -23,8 +23,8 @@ pub struct Context {
     pub settings: Settings,
     /// CloudStack.
     pub cloud: Cloud,
-    /// The agents.
-    pub hub: AgentHub,
+    /// The nodes' agents.
+    pub agents: Arc<dyn Agents>,
     /// Secrets at rest.
     pub sealer: Arc<Sealer>,
     /// Async jobs.

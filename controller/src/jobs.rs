@@ -43,22 +43,7 @@ impl Jobs {
     /// # Errors
     /// The store failed.
     pub fn create(&self, caller: &Caller, spec: &JobSpec<'_>) -> Result<JobRecord, StoreError> {
-        let job = JobRecord {
-            id: uuid::Uuid::new_v4().to_string(),
-            command: spec.command.to_string(),
-            cmd: spec.cmd.to_string(),
-            user_id: caller.user_id.clone(),
-            account_id: caller.account_id.clone(),
-            account: caller.account.clone(),
-            domain_id: caller.domain_id.clone(),
-            instance_type: spec.instance_type.to_string(),
-            instance_id: spec.instance_id.to_string(),
-            status: JobStatus::Pending,
-            result_code: 0,
-            result: None,
-            created: now(),
-            completed: None,
-        };
+        let job = pending(caller, spec);
         self.store.put_job(&job)?;
         Ok(job)
     }
@@ -68,7 +53,7 @@ impl Jobs {
     /// # Errors
     /// The store failed.
     pub fn succeed(&self, job_id: &str, result: Value) -> Result<(), StoreError> {
-        self.finish(job_id, JobStatus::Succeeded, 0, result)
+        self.finish(job_id, JobOutcome::Succeeded(result))
     }
 
     /// Fails a job with CloudStack's error object.
@@ -76,18 +61,17 @@ impl Jobs {
     /// # Errors
     /// The store failed.
     pub fn fail(&self, job_id: &str, code: u16, text: &str) -> Result<(), StoreError> {
-        let result = json!({ "errorcode": code, "errortext": text });
-        self.finish(job_id, JobStatus::Failed, code, result)
+        self.finish(
+            job_id,
+            JobOutcome::Failed {
+                code,
+                text: text.to_string(),
+            },
+        )
     }
 
-    fn finish(
-        &self,
-        job_id: &str,
-        status: JobStatus,
-        code: u16,
-        result: Value,
-    ) -> Result<(), StoreError> {
-        let mut job = self
+    fn finish(&self, job_id: &str, outcome: JobOutcome) -> Result<(), StoreError> {
+        let job = self
             .store
             .job(job_id)?
             .ok_or_else(|| StoreError::NotFound {
@@ -97,12 +81,60 @@ impl Jobs {
         if job.status != JobStatus::Pending {
             return Ok(());
         }
-        job.status = status;
-        job.result_code = code;
-        job.result = Some(result);
-        job.completed = Some(now());
-        self.store.put_job(&job)
+        self.store.put_job(&finished(job, outcome))
     }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// `jobstatus` 1 with this `jobresult`.
+    Succeeded(Value),
+    /// `jobstatus` 2 with CloudStack's error object.
+    Failed {
+        /// `errorcode` (530 for a failed operation, as CloudStack's jobs report it).
+        code: u16,
+        /// `errortext`.
+        text: String,
+    },
+}
+
+/// A pending job submitted by `caller`, not yet stored (an operation records it in the same
+/// transaction as its workflow).
+pub fn pending(caller: &Caller, spec: &JobSpec<'_>) -> JobRecord {
+    JobRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        command: spec.command.to_string(),
+        cmd: spec.cmd.to_string(),
+        user_id: caller.user_id.clone(),
+        account_id: caller.account_id.clone(),
+        account: caller.account.clone(),
+        domain_id: caller.domain_id.clone(),
+        instance_type: spec.instance_type.to_string(),
+        instance_id: spec.instance_id.to_string(),
+        status: JobStatus::Pending,
+        result_code: 0,
+        result: None,
+        created: now(),
+        completed: None,
+    }
+}
+
+/// `job` as it ends with `outcome`.
+pub fn finished(mut job: JobRecord, outcome: JobOutcome) -> JobRecord {
+    let (status, code, result) = match outcome {
+        JobOutcome::Succeeded(result) => (JobStatus::Succeeded, 0, result),
+        JobOutcome::Failed { code, text } => (
+            JobStatus::Failed,
+            code,
+            json!({ "errorcode": code, "errortext": text }),
+        ),
+    };
+    job.status = status;
+    job.result_code = code;
+    job.result = Some(result);
+    job.completed = Some(now());
+    job
 }
 
 /// The `queryAsyncJobResult` object of a job.

@@ -15,6 +15,7 @@ pub mod cloud;
 pub mod cloudstack;
 pub mod config;
 pub mod context;
+pub mod crashpoint;
 pub mod jobs;
 pub mod pki;
 pub mod render;

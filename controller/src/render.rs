@@ -226,7 +226,7 @@ fn cluster_object(
         else {
             continue;
         };
-        let status = ctx.hub.status(&crate::agents::NodeKey::new(
+        let status = ctx.agents.status(&crate::agents::NodeKey::new(
             cluster.id.clone(),
             node.name.clone(),
         ));
@@ -336,7 +336,7 @@ fn cluster_object(
         out["progress"] = json!({
             "operation": workflow.kind.as_str(),
             "status": format!("{:?}", workflow.status),
-            "step": current.map(|s| s.name.clone()),
+            "step": current.map(|s| s.name),
             "steps": steps,
         });
         out["jobid"] = json!(workflow.job_id);

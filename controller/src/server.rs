@@ -83,6 +83,10 @@ impl Running {
 /// # Errors
 /// [`StartError`] when the data directory, the store, the keys or a listener is unusable.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    if let Some(ledger) = &config.crash_ledger {
+        warn!(ledger = %ledger.display(), "crash points armed: this controller kills itself at each new one (tests only)");
+        crate::crashpoint::arm(ledger.clone());
+    }
     let data = &config.data_dir;
     std::fs::create_dir_all(data)
         .map_err(|e| StartError::DataDir(data.display().to_string(), e))?;
@@ -139,7 +143,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         store: store.clone(),
         settings: Settings::new(store.clone()),
         cloud: Cloud::new(client),
-        hub: hub.clone(),
+        agents: Arc::new(hub.clone()),
         sealer,
         jobs: Jobs::new(store),
         nodes: NodeDefaults {
@@ -151,7 +155,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         },
     };
     let shutdown = CancellationToken::new();
-    let engine = Engine::new(ctx.clone(), shutdown.clone());
+    let results = Arc::new(crate::api::results::ApiResults::new(ctx.clone()));
+    let engine = Engine::new(ctx.clone(), results, shutdown.clone());
 
     let mut tasks = Vec::new();
     let agents_shutdown = shutdown.clone();

@@ -72,9 +72,47 @@ pub fn compare(a: &str, b: &str) -> Ordering {
     Semver::parse(a).cmp(&Semver::parse(b))
 }
 
+/// CKS's upgrade rule (`canUpgradeKubernetesVersion`): never down, and only to the next minor
+/// or a patch of the same minor. The same version passes, as in CKS (here it continues an
+/// upgrade that stopped part-way).
+///
+/// # Errors
+/// CKS's text for the rule broken.
+pub fn check_upgrade(current: &Semver, target: &Semver) -> Result<(), String> {
+    if target < current {
+        return Err(format!(
+            "Kubernetes clusters can not be downgraded, current version: {current}, upgrade version: {target}"
+        ));
+    }
+    if target.major != current.major || target.minor > current.minor + 1 {
+        return Err(format!(
+            "Kubernetes clusters can be upgraded between next minor or patch version releases, current version: {current}, upgrade version: {target}"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrades_go_one_minor_at_a_time_and_never_down() {
+        let v = |s: &str| Semver::parse(s).expect("version");
+        assert!(check_upgrade(&v("1.33.1"), &v("1.34.0")).is_ok());
+        assert!(check_upgrade(&v("1.33.1"), &v("1.33.4")).is_ok());
+        assert!(check_upgrade(&v("1.33.1"), &v("1.33.1")).is_ok());
+        assert_eq!(
+            check_upgrade(&v("1.34.0"), &v("1.33.1")).unwrap_err(),
+            "Kubernetes clusters can not be downgraded, current version: 1.34.0, upgrade version: 1.33.1"
+        );
+        assert!(
+            check_upgrade(&v("1.32.0"), &v("1.34.0"))
+                .unwrap_err()
+                .starts_with("Kubernetes clusters can be upgraded between next minor or patch")
+        );
+        assert!(check_upgrade(&v("1.33.0"), &v("2.0.0")).is_err());
+    }
 
     #[test]
     fn versions_compare_numerically() {

@@ -192,6 +192,13 @@ impl AgentHub {
         self.inner.changed.notify_waiters();
     }
 
+    /// Forgets one node (it left its cluster): its state and outstanding commands; its open
+    /// stream is closed at its next message.
+    pub fn forget_node(&self, node: &NodeKey) {
+        self.lock().remove(node);
+        self.inner.changed.notify_waiters();
+    }
+
     /// The node's current status (default when never heard of).
     pub fn status(&self, node: &NodeKey) -> NodeStatus {
         self.lock()

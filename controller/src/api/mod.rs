@@ -18,6 +18,7 @@
 pub mod commands;
 pub mod error;
 pub mod params;
+pub mod results;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -68,6 +68,40 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
+    /// A list parameter (`nodeids=a,b,c`), empty items dropped; `None` when absent.
+    pub fn list(&self, name: &str) -> Option<Vec<String>> {
+        self.get(name).map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+    }
+
+    /// A map parameter as CloudStack sends it (`nodeofferings[0].node=worker&
+    /// nodeofferings[0].offering=<id>`): one entry per index, keys lower-cased, in index order.
+    pub fn map(&self, name: &str) -> Vec<BTreeMap<String, String>> {
+        let prefix = format!("{}[", name.to_ascii_lowercase());
+        let mut entries: BTreeMap<u32, BTreeMap<String, String>> = BTreeMap::new();
+        for (key, value) in &self.by_name {
+            let Some(rest) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((index, field)) = rest.split_once("].") else {
+                continue;
+            };
+            let Ok(index) = index.parse::<u32>() else {
+                continue;
+            };
+            entries
+                .entry(index)
+                .or_default()
+                .insert(field.to_string(), value.clone());
+        }
+        entries.into_values().collect()
+    }
+
     /// A required parameter.
     ///
     /// # Errors

@@ -11,6 +11,10 @@
 //!   leave a step "done" without its effect recorded (or the reverse).
 //! * [`Store::set_cluster_state`] is a compare-and-set: two operations can never both move a
 //!   cluster out of the same state.
+//! * An operation begins ([`Store::begin_operation`]: cluster state, job, workflow) and ends
+//!   ([`Store::finish_operation`]: end state, job result, workflow status) in one transaction
+//!   each, so a crash never leaves a cluster in an operation's state without its workflow, nor a
+//!   finished workflow with its job pending.
 
 pub mod sqlite;
 
@@ -320,6 +324,10 @@ pub struct NodeRecord {
     pub joined: bool,
     /// kubelet version last reported.
     pub kubernetes_version: Option<String>,
+    /// The workflow that added this node to a running cluster (a scale), so a failed scale
+    /// removes exactly the nodes it added; `None` for the nodes made with the cluster.
+    #[serde(default)]
+    pub added_by: Option<String>,
 }
 
 // === Jobs ===
@@ -382,7 +390,7 @@ pub struct JobRecord {
 // === Workflows ===
 
 /// What a workflow does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum WorkflowKind {
     /// `createKubernetesCluster`.
     Create,
@@ -392,18 +400,212 @@ pub enum WorkflowKind {
     Start,
     /// `stopKubernetesCluster`.
     Stop,
+    /// `scaleKubernetesCluster`: workers added or removed, or the node offering changed.
+    Scale,
+    /// `upgradeKubernetesCluster`: every node moved to the next Kubernetes version.
+    Upgrade,
 }
 
 impl WorkflowKind {
-    /// Lower-case name for logs.
+    /// Lower-case name for logs and `progress.operation`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Create => "create",
             Self::Delete => "delete",
             Self::Start => "start",
             Self::Stop => "stop",
+            Self::Scale => "scale",
+            Self::Upgrade => "upgrade",
         }
     }
+
+    /// The steps of the operation, in order. Steps that do not apply to a particular request
+    /// (a scale that only adds workers has no nodes to drain) end at once with a detail saying so.
+    pub fn steps(self) -> &'static [Step] {
+        use Step as S;
+        match self {
+            Self::Create => &[
+                S::Network,
+                S::PublicIp,
+                S::Firewall,
+                S::PlanNodes,
+                S::DeployNodes,
+                S::LoadBalancer,
+                S::InitControlPlane,
+                S::JoinControlPlanes,
+                S::JoinWorkers,
+                S::ApplyManifests,
+                S::WaitReady,
+                S::Kubeconfig,
+                S::DetachIso,
+            ],
+            Self::Delete => &[S::DeleteRules, S::DeleteVms, S::DeleteNetwork, S::Forget],
+            Self::Start => &[S::StartVms, S::WaitReady],
+            Self::Stop => &[S::StopVms],
+            Self::Scale => &[
+                S::ScaleOffering,
+                S::PlanWorkers,
+                S::DeployNodes,
+                S::JoinWorkers,
+                S::WaitReady,
+                S::DetachIso,
+                S::DrainNodes,
+                S::RemoveNodes,
+                S::NodeRules,
+            ],
+            Self::Upgrade => &[S::AttachIso, S::UpgradeNodes, S::DetachIso],
+        }
+    }
+
+    /// The steps that undo what a failed run of the operation made, run before it ends in its
+    /// failure state (none: the failure state itself is the answer, as CKS's `Error` for a
+    /// failed create, which a delete cleans up).
+    pub fn rollback_steps(self) -> &'static [Step] {
+        match self {
+            // The workers this scale added leave again; the cluster keeps the nodes it had.
+            Self::Scale => &[Step::RollBack, Step::NodeRules],
+            // The new version's ISO is not left attached; the nodes already upgraded stay so,
+            // and upgrading again continues with the others.
+            Self::Upgrade => &[Step::DetachIso],
+            Self::Create | Self::Delete | Self::Start | Self::Stop => &[],
+        }
+    }
+}
+
+/// One step of a workflow, named in the journal and in `progress` by its kebab-case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Create: the cluster's isolated network (or the given one checked).
+    Network,
+    /// Create: the API's public address.
+    PublicIp,
+    /// Create: TCP 6443 (and the SSH range) opened on the public IP.
+    Firewall,
+    /// Create: every node's name and role chosen before any VM exists.
+    PlanNodes,
+    /// Create, scale: the planned nodes' VMs deployed with the binaries ISO and started.
+    DeployNodes,
+    /// Create: `api-lb` over the control nodes, SSH port forwards.
+    LoadBalancer,
+    /// Create: `kubeadm init` on the first control node.
+    InitControlPlane,
+    /// Create: the other control nodes joined.
+    JoinControlPlanes,
+    /// Create, scale: the workers joined.
+    JoinWorkers,
+    /// Create: the CNI and dashboard applied.
+    ApplyManifests,
+    /// Create, start, scale: every node Ready.
+    WaitReady,
+    /// Create: the admin kubeconfig stored, sealed.
+    Kubeconfig,
+    /// Create, scale, upgrade: the binaries ISO detached from the nodes.
+    DetachIso,
+    /// Delete: every node VM destroyed.
+    DeleteVms,
+    /// Delete: the rules the cluster made removed.
+    DeleteRules,
+    /// Delete: the network the cluster made deleted.
+    DeleteNetwork,
+    /// Delete: tokens, secrets and agent state dropped.
+    Forget,
+    /// Stop: every node VM stopped.
+    StopVms,
+    /// Start: every node VM started.
+    StartVms,
+    /// Scale: the node VMs moved to the new service offering.
+    ScaleOffering,
+    /// Scale: the new workers' names chosen.
+    PlanWorkers,
+    /// Scale: the leaving nodes cordoned and drained.
+    DrainNodes,
+    /// Scale: the leaving nodes deleted from Kubernetes, reset, their VMs expunged.
+    RemoveNodes,
+    /// Scale: SSH firewall range and port forwards matching the nodes that remain.
+    NodeRules,
+    /// Scale rollback: the workers a failed scale added removed again, the nodes it was
+    /// removing uncordoned.
+    RollBack,
+    /// Upgrade: the new version's ISO attached to every node.
+    AttachIso,
+    /// Upgrade: one node at a time, control nodes first: drain, upgrade, uncordon, health gate.
+    UpgradeNodes,
+}
+
+impl Step {
+    /// The step's name in the journal, logs and `progress`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Network => "network",
+            Self::PublicIp => "public-ip",
+            Self::Firewall => "firewall",
+            Self::PlanNodes => "plan-nodes",
+            Self::DeployNodes => "deploy-nodes",
+            Self::LoadBalancer => "load-balancer",
+            Self::InitControlPlane => "init-control-plane",
+            Self::JoinControlPlanes => "join-control-planes",
+            Self::JoinWorkers => "join-workers",
+            Self::ApplyManifests => "apply-manifests",
+            Self::WaitReady => "wait-ready",
+            Self::Kubeconfig => "kubeconfig",
+            Self::DetachIso => "detach-iso",
+            Self::DeleteVms => "delete-vms",
+            Self::DeleteRules => "delete-rules",
+            Self::DeleteNetwork => "delete-network",
+            Self::Forget => "forget",
+            Self::StopVms => "stop-vms",
+            Self::StartVms => "start-vms",
+            Self::ScaleOffering => "scale-offering",
+            Self::PlanWorkers => "plan-workers",
+            Self::DrainNodes => "drain-nodes",
+            Self::RemoveNodes => "remove-nodes",
+            Self::NodeRules => "node-rules",
+            Self::RollBack => "roll-back",
+            Self::AttachIso => "attach-iso",
+            Self::UpgradeNodes => "upgrade-nodes",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a scale was asked to do (checked by the API before the workflow starts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleParams {
+    /// The new worker count, when it changes.
+    pub size: Option<u32>,
+    /// The new node offering, when it changes.
+    pub offering_id: Option<String>,
+    /// The nodes to remove (names), chosen by the API from `nodeids` or as the newest workers.
+    pub remove: Vec<String>,
+}
+
+/// What an upgrade was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeParams {
+    /// The supported version to upgrade to.
+    pub version_id: String,
+    /// Its semantic version (`1.34.0`).
+    pub semantic_version: String,
+    /// Its binaries ISO.
+    pub iso_id: String,
+}
+
+/// The parameters of an operation, beyond the cluster itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkflowParams {
+    /// Create, start, stop, delete: the cluster record says everything.
+    #[default]
+    None,
+    /// Scale.
+    Scale(ScaleParams),
+    /// Upgrade.
+    Upgrade(UpgradeParams),
 }
 
 /// Where a workflow is.
@@ -415,6 +617,8 @@ pub enum WorkflowStatus {
     Succeeded,
     /// A step failed for good.
     Failed,
+    /// Stopped before its end because the cluster is being deleted.
+    Cancelled,
 }
 
 /// Where a step is. A step recorded `Started` but not `Done` was interrupted: its side effect
@@ -432,8 +636,8 @@ pub enum StepStatus {
 /// One step of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
-    /// Step name (`deploy-nodes`).
-    pub name: String,
+    /// The step.
+    pub name: Step,
     /// Status.
     pub status: StepStatus,
     /// How many times it was started.
@@ -463,22 +667,40 @@ pub struct WorkflowRecord {
     pub deadline: UnixTime,
     /// Creation time.
     pub created: UnixTime,
+    /// What the operation was asked to do (scale and upgrade).
+    #[serde(default)]
+    pub params: WorkflowParams,
+    /// Why it failed, once a step failed for good: the rollback steps then run, and the
+    /// workflow ends failed with this reason.
+    #[serde(default)]
+    pub failure: Option<String>,
 }
 
 impl WorkflowRecord {
     /// The journal entry of `step`, if it ever started.
-    pub fn step(&self, name: &str) -> Option<&StepRecord> {
+    pub fn step(&self, name: Step) -> Option<&StepRecord> {
         self.steps.iter().find(|s| s.name == name)
     }
 
     /// True when `step` finished.
-    pub fn is_done(&self, name: &str) -> bool {
+    pub fn is_done(&self, name: Step) -> bool {
         self.step(name)
             .is_some_and(|s| s.status == StepStatus::Done)
     }
 
+    /// The next step to run: the first of the kind's steps not done, or, once a step failed
+    /// for good, the first rollback step not done. `None`: the workflow is ready to end.
+    pub fn next_step(&self) -> Option<Step> {
+        let steps = if self.failure.is_some() {
+            self.kind.rollback_steps()
+        } else {
+            self.kind.steps()
+        };
+        steps.iter().copied().find(|step| !self.is_done(*step))
+    }
+
     /// Records that `name` starts (again).
-    pub fn start_step(&mut self, name: &str) {
+    pub fn start_step(&mut self, name: Step) {
         let at = now();
         match self.steps.iter_mut().find(|s| s.name == name) {
             Some(step) => {
@@ -487,7 +709,7 @@ impl WorkflowRecord {
                 step.updated = at;
             }
             None => self.steps.push(StepRecord {
-                name: name.to_string(),
+                name,
                 status: StepStatus::Started,
                 attempts: 1,
                 detail: String::new(),
@@ -497,7 +719,7 @@ impl WorkflowRecord {
     }
 
     /// Records the end of `name`.
-    pub fn finish_step(&mut self, name: &str, status: StepStatus, detail: impl Into<String>) {
+    pub fn finish_step(&mut self, name: Step, status: StepStatus, detail: impl Into<String>) {
         let at = now();
         if let Some(step) = self.steps.iter_mut().find(|s| s.name == name) {
             step.status = status;
@@ -505,6 +727,55 @@ impl WorkflowRecord {
             step.updated = at;
         }
     }
+}
+
+/// How an operation begins, written in one transaction: the cluster's state moves (or the new
+/// cluster is recorded), its job and workflow are recorded, and a workflow it replaces (a delete
+/// stops whatever ran) is cancelled with its job failed. Either all of it is written or nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Begin<'a> {
+    /// The cluster: a new one, or a state change of an existing one.
+    pub cluster: BeginCluster<'a>,
+    /// Sealed secrets of a new cluster (`name`, sealed bytes).
+    pub secrets: &'a [(&'a str, Vec<u8>)],
+    /// The operation's job, pending.
+    pub job: &'a JobRecord,
+    /// The operation's workflow, running.
+    pub workflow: &'a WorkflowRecord,
+    /// A running workflow this operation stops, and its job as it ends (failed).
+    pub cancels: Option<(&'a str, &'a JobRecord)>,
+}
+
+/// The cluster side of [`Begin`].
+#[derive(Debug, Clone, Copy)]
+pub enum BeginCluster<'a> {
+    /// A cluster recorded now, in its first state.
+    New(&'a ClusterRecord),
+    /// An existing cluster moving `from` → `to` (compare-and-set).
+    Transition {
+        /// The cluster.
+        id: &'a str,
+        /// The state the caller saw.
+        from: ClusterState,
+        /// The operation's state.
+        to: ClusterState,
+    },
+}
+
+/// How an operation ends, written in one transaction: the cluster's end state, the job's
+/// result and the workflow's status.
+#[derive(Debug, Clone, Copy)]
+pub struct Finish<'a> {
+    /// The workflow, its status final.
+    pub workflow: &'a WorkflowRecord,
+    /// The cluster's state now (compare-and-set).
+    pub from: ClusterState,
+    /// Its end state.
+    pub to: ClusterState,
+    /// Why it failed, shown with the cluster; `None` clears an earlier failure.
+    pub failure: Option<&'a str>,
+    /// The job, finished.
+    pub job: &'a JobRecord,
 }
 
 /// A workflow's step outcome and the records it changed, written in one transaction.
@@ -640,11 +911,24 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// The write failed.
     fn insert_workflow(&self, workflow: &WorkflowRecord) -> Result<(), StoreError>;
-    /// Records a step's outcome with the records it changed, atomically.
+    /// Records a step's outcome with the records it changed, atomically, if the workflow is
+    /// still running; false (nothing written) when it was cancelled meanwhile.
     ///
     /// # Errors
     /// The write failed (nothing of it was written).
-    fn save_progress(&self, progress: Progress<'_>) -> Result<(), StoreError>;
+    fn save_progress(&self, progress: Progress<'_>) -> Result<bool, StoreError>;
+    /// Begins an operation (see [`Begin`]); false, with nothing written, when the cluster was
+    /// not in `from` any more (another request won) or a workflow to cancel had ended.
+    ///
+    /// # Errors
+    /// The write failed (nothing of it was written).
+    fn begin_operation(&self, begin: Begin<'_>) -> Result<bool, StoreError>;
+    /// Ends an operation (see [`Finish`]); false, with nothing written, when the workflow is
+    /// not running any more (cancelled by a delete).
+    ///
+    /// # Errors
+    /// The write failed (nothing of it was written).
+    fn finish_operation(&self, finish: Finish<'_>) -> Result<bool, StoreError>;
     /// A workflow.
     ///
     /// # Errors

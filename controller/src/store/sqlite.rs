@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    ClusterRecord, ClusterState, JobRecord, NodeRecord, Progress, Store, StoreError, TokenRecord,
-    VersionRecord, WorkflowRecord, WorkflowStatus,
+    Begin, BeginCluster, ClusterRecord, ClusterState, Finish, JobRecord, NodeRecord, Progress,
+    Store, StoreError, TokenRecord, VersionRecord, WorkflowRecord, WorkflowStatus,
 };
 
 /// The schema; `CREATE … IF NOT EXISTS`, so opening an existing store is a no-op.
@@ -71,6 +71,7 @@ fn workflow_status(status: WorkflowStatus) -> &'static str {
         WorkflowStatus::Running => "running",
         WorkflowStatus::Succeeded => "succeeded",
         WorkflowStatus::Failed => "failed",
+        WorkflowStatus::Cancelled => "cancelled",
     }
 }
 
@@ -187,6 +188,53 @@ fn write_cluster_keeping_state(
     write_cluster(conn, &record)
 }
 
+/// Moves a cluster `from` → `to` inside a transaction; false when it is not in `from`.
+fn move_cluster(
+    conn: &Connection,
+    id: &str,
+    from: ClusterState,
+    to: ClusterState,
+    failure: Option<&str>,
+) -> Result<bool, StoreError> {
+    let data: Option<String> = conn
+        .query_row(
+            "SELECT data FROM clusters WHERE id = ?1 AND state = ?2",
+            params![id, from.as_str()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(query("read cluster"))?;
+    let Some(data) = data else {
+        return Ok(false);
+    };
+    let mut cluster: ClusterRecord = from_json("cluster", id, &data)?;
+    cluster.state = to;
+    cluster.failure = failure.map(str::to_string);
+    write_cluster(conn, &cluster)?;
+    Ok(true)
+}
+
+fn write_job(conn: &Connection, job: &JobRecord) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO jobs (id, created, data) VALUES (?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+        params![job.id, job.created, to_json(job)],
+    )
+    .map_err(query("write job"))?;
+    Ok(())
+}
+
+/// True when the workflow `id` is recorded as running.
+fn workflow_running(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    let status: Option<String> = conn
+        .query_row("SELECT status FROM workflows WHERE id = ?1", [id], |row| {
+            row.get(0)
+        })
+        .optional()
+        .map_err(query("read workflow status"))?;
+    Ok(status.as_deref() == Some(workflow_status(WorkflowStatus::Running)))
+}
+
 fn write_node(conn: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO nodes (cluster_id, name, ordinal, data) VALUES (?1, ?2, ?3, ?4)
@@ -275,21 +323,9 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(query("begin"))?;
-        let data: Option<String> = tx
-            .query_row(
-                "SELECT data FROM clusters WHERE id = ?1 AND state = ?2",
-                params![id, from.as_str()],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(query("read cluster"))?;
-        let Some(data) = data else {
+        if !move_cluster(&tx, id, from, to, failure)? {
             return Ok(false);
-        };
-        let mut cluster: ClusterRecord = from_json("cluster", id, &data)?;
-        cluster.state = to;
-        cluster.failure = failure.map(str::to_string);
-        write_cluster(&tx, &cluster)?;
+        }
         tx.commit().map_err(query("commit"))?;
         Ok(true)
     }
@@ -333,14 +369,7 @@ impl Store for SqliteStore {
     }
 
     fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "INSERT INTO jobs (id, created, data) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id) DO UPDATE SET data = excluded.data",
-                params![job.id, job.created, to_json(job)],
-            )
-            .map_err(query("write job"))?;
-        Ok(())
+        write_job(&self.lock(), job)
     }
 
     fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -359,9 +388,12 @@ impl Store for SqliteStore {
         write_workflow(&self.lock(), workflow)
     }
 
-    fn save_progress(&self, progress: Progress<'_>) -> Result<(), StoreError> {
+    fn save_progress(&self, progress: Progress<'_>) -> Result<bool, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(query("begin"))?;
+        if !workflow_running(&tx, &progress.workflow.id)? {
+            return Ok(false);
+        }
         write_workflow(&tx, progress.workflow)?;
         if let Some(cluster) = progress.cluster {
             write_cluster_keeping_state(&tx, cluster)?;
@@ -370,7 +402,71 @@ impl Store for SqliteStore {
             write_node(&tx, node)?;
         }
         tx.commit().map_err(query("commit progress"))?;
-        Ok(())
+        Ok(true)
+    }
+
+    fn begin_operation(&self, begin: Begin<'_>) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(query("begin"))?;
+        match begin.cluster {
+            BeginCluster::New(cluster) => write_cluster(&tx, cluster)?,
+            BeginCluster::Transition { id, from, to } => {
+                if !move_cluster(&tx, id, from, to, None)? {
+                    return Ok(false);
+                }
+            }
+        }
+        if let Some((workflow_id, job)) = begin.cancels {
+            let data: Option<String> = tx
+                .query_row(
+                    "SELECT data FROM workflows WHERE id = ?1 AND status = 'running'",
+                    [workflow_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(query("read workflow"))?;
+            let Some(data) = data else {
+                return Ok(false);
+            };
+            let mut cancelled: WorkflowRecord = from_json("workflow", workflow_id, &data)?;
+            cancelled.status = WorkflowStatus::Cancelled;
+            write_workflow(&tx, &cancelled)?;
+            write_job(&tx, job)?;
+        }
+        let cluster_id = &begin.workflow.cluster_id;
+        for (name, sealed) in begin.secrets {
+            tx.execute(
+                "INSERT INTO secrets (cluster_id, name, sealed) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (cluster_id, name) DO UPDATE SET sealed = excluded.sealed",
+                params![cluster_id, name, sealed],
+            )
+            .map_err(query("write secret"))?;
+        }
+        write_job(&tx, begin.job)?;
+        write_workflow(&tx, begin.workflow)?;
+        tx.commit().map_err(query("commit operation start"))?;
+        Ok(true)
+    }
+
+    fn finish_operation(&self, finish: Finish<'_>) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(query("begin"))?;
+        if !workflow_running(&tx, &finish.workflow.id)? {
+            return Ok(false);
+        }
+        if !move_cluster(
+            &tx,
+            &finish.workflow.cluster_id,
+            finish.from,
+            finish.to,
+            finish.failure,
+        )? {
+            return Ok(false);
+        }
+        write_workflow(&tx, finish.workflow)?;
+        write_job(&tx, finish.job)?;
+        tx.commit().map_err(query("commit operation end"))?;
+        Ok(true)
     }
 
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
@@ -504,7 +600,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NodeRole, Owner, StepStatus, WorkflowKind};
+    use crate::store::{NodeRole, Owner, Step, StepStatus, WorkflowKind};
 
     fn cluster(id: &str) -> ClusterRecord {
         ClusterRecord {
@@ -576,10 +672,12 @@ mod tests {
             steps: Vec::new(),
             deadline: 100,
             created: 1,
+            params: crate::store::WorkflowParams::None,
+            failure: None,
         };
         store.insert_workflow(&workflow).expect("insert");
-        workflow.start_step("deploy-nodes");
-        workflow.finish_step("deploy-nodes", StepStatus::Done, "2 VMs");
+        workflow.start_step(Step::DeployNodes);
+        workflow.finish_step(Step::DeployNodes, StepStatus::Done, "2 VMs");
         let node = NodeRecord {
             cluster_id: "c1".into(),
             name: "c-control-1".into(),
@@ -589,6 +687,7 @@ mod tests {
             ip: None,
             joined: false,
             kubernetes_version: None,
+            added_by: None,
         };
         let mut changed = cluster("c1");
         changed.network_id = Some("n1".into());
@@ -601,7 +700,7 @@ mod tests {
             .expect("progress");
         let running = store.running_workflows().expect("list");
         assert_eq!(running.len(), 1);
-        assert!(running[0].is_done("deploy-nodes"));
+        assert!(running[0].is_done(Step::DeployNodes));
         assert_eq!(store.nodes("c1").expect("nodes"), vec![node]);
         assert_eq!(
             store

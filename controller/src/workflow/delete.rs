@@ -1,17 +1,18 @@
-//! The delete workflow (cks-reference §3.7): everything the cluster made is found — VMs by tag
-//! and by their planned names, rules on the cluster's public IP, the network by its marker — and
-//! removed, so a half-created cluster is cleaned up as fully as a running one.
+//! The delete workflow (cks-reference §3.7): everything the cluster made is found — rules on
+//! the cluster's public IP, VMs by tag and by their planned names, the network by its marker —
+//! and removed, so a half-created cluster, or one whose scale or upgrade was cancelled by this
+//! delete, is cleaned up as fully as a running one.
+//!
+//! The rules go first, while the nodes' VM ids are still known: a port forward is removed when
+//! it targets one of the cluster's VMs, so a rule of the network's owner is never touched.
 
 use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
-use super::StepError;
-use super::create::{API_PORT, SSH_PORT_BASE, network_marker};
-use super::engine::StepCtx;
-
-/// The steps, in order.
-pub const STEPS: &[&str] = &["delete-vms", "delete-rules", "delete-network", "forget"];
+use super::step::{StepCtx, StepError};
+use super::vms::{API_PORT, SSH_PORT_BASE, destroy_vm, is_ssh_forward, network_marker};
+use crate::store::Step;
 
 /// Runs one step of the delete workflow.
 ///
@@ -19,16 +20,18 @@ pub const STEPS: &[&str] = &["delete-vms", "delete-rules", "delete-network", "fo
 /// [`StepError`]: retry (not yet) or fail (for good).
 pub async fn run(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     match sc.step {
-        "delete-vms" => delete_vms(sc).await,
-        "delete-rules" => delete_rules(sc).await,
-        "delete-network" => delete_network(sc).await,
-        "forget" => forget(sc),
-        other => Err(StepError::fail(format!("unknown delete step {other}"))),
+        Step::DeleteRules => delete_rules(sc).await,
+        Step::DeleteVms => delete_vms(sc).await,
+        Step::DeleteNetwork => delete_network(sc).await,
+        Step::Forget => forget(sc),
+        other => Err(StepError::fail(format!("{other} is not a delete step"))),
     }
 }
 
-async fn delete_vms(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
-    let cloud = sc.ctx.cloud.clone();
+/// Every VM of the cluster: recorded on its nodes, tagged with the cluster, or named as one of
+/// its planned nodes (deployed by a run that crashed before recording or tagging it).
+async fn cluster_vms(sc: &StepCtx<'_>) -> Result<BTreeSet<String>, StepError> {
+    let cloud = &sc.ctx.cloud;
     let mut ids: BTreeSet<String> = cloud
         .tagged("UserVm", &sc.cluster.id)
         .await?
@@ -38,33 +41,11 @@ async fn delete_vms(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
         if let Some(id) = &node.vm_id {
             ids.insert(id.clone());
         }
-        // Deployed by a run that crashed before recording or tagging it.
         for vm in cloud.vms_named(&sc.cluster.owner, &node.name).await? {
             ids.insert(vm.id);
         }
     }
-    let mut removed = 0;
-    for id in &ids {
-        match cloud.vm(id).await? {
-            Some(vm)
-                if !matches!(
-                    vm.state,
-                    crate::cloudstack::types::VmState::Destroyed
-                        | crate::cloudstack::types::VmState::Expunging
-                ) =>
-            {
-                cloud.destroy_vm(id).await?;
-                removed += 1;
-                info!(vm = %id, name = %vm.name, "node VM destroyed");
-            }
-            _ => {}
-        }
-    }
-    for node in sc.nodes.clone() {
-        sc.ctx.store.delete_node(&sc.cluster.id, &node.name)?;
-    }
-    sc.nodes.clear();
-    Ok(format!("{removed} node VMs destroyed"))
+    Ok(ids)
 }
 
 async fn delete_rules(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
@@ -73,15 +54,14 @@ async fn delete_rules(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     };
     let cloud = sc.ctx.cloud.clone();
     if sc.cluster.network_created
-        && sc
-            .ctx
-            .cloud
+        && cloud
             .network(sc.cluster.network_id.as_deref().unwrap_or_default())
             .await?
             .is_none()
     {
         return Ok("the network is gone, and its rules with it".into());
     }
+    let vms = cluster_vms(sc).await?;
     let mut removed = 0;
     for rule in cloud.lb_rules(&ip_id).await? {
         if rule.name.as_deref() == Some("api-lb") && rule.publicport == Some(API_PORT) {
@@ -89,11 +69,12 @@ async fn delete_rules(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
             removed += 1;
         }
     }
-    let node_count = u16::try_from(sc.cluster.control_nodes + sc.cluster.size).unwrap_or(0);
-    let ssh_end = SSH_PORT_BASE + node_count.max(1) - 1;
     for rule in cloud.pf_rules(&ip_id).await? {
-        let port = rule.publicport.unwrap_or(0);
-        if (SSH_PORT_BASE..=ssh_end).contains(&port) && rule.privateport == Some(22) {
+        let ours = rule
+            .virtualmachineid
+            .as_ref()
+            .is_some_and(|vm| vms.contains(vm));
+        if ours && is_ssh_forward(&rule) {
             cloud.delete_pf_rule(&rule.id).await?;
             removed += 1;
         }
@@ -107,6 +88,19 @@ async fn delete_rules(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
         }
     }
     Ok(format!("{removed} network rules removed"))
+}
+
+async fn delete_vms(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
+    let mut removed = 0;
+    for id in cluster_vms(sc).await? {
+        if destroy_vm(sc, &id).await? {
+            removed += 1;
+        }
+    }
+    for node in sc.nodes.clone() {
+        sc.drop_node(&node.name)?;
+    }
+    Ok(format!("{removed} node VMs destroyed"))
 }
 
 async fn delete_network(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
@@ -133,13 +127,15 @@ async fn delete_network(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
             continue;
         }
         match cloud.delete_network(id).await {
-            Ok(()) => removed += 1,
+            Ok(()) => {
+                removed += 1;
+                info!(network = %id, "cluster network deleted");
+            }
             Err(err) if err.errorcode() == Some(536) => {
                 // Expunged VMs take a moment to release their NICs.
-                return Err(StepError::retry(
-                    format!("network {id} still in use: {err}"),
-                    std::time::Duration::from_secs(3),
-                ));
+                return Err(StepError::not_yet(format!(
+                    "network {id} still in use: {err}"
+                )));
             }
             Err(err) => return Err(err.into()),
         }
@@ -148,7 +144,7 @@ async fn delete_network(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
 }
 
 fn forget(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
-    sc.ctx.hub.forget_cluster(&sc.cluster.id);
+    sc.ctx.agents.forget_cluster(&sc.cluster.id);
     sc.ctx.store.delete_tokens(&sc.cluster.id)?;
     if let Err(err) = sc.ctx.store.delete_secrets(&sc.cluster.id) {
         warn!(error = %err, "cannot delete the cluster's secrets");

@@ -5,18 +5,11 @@
 //! and the control plane reports every node Ready. A failure leaves the cluster in Alert with
 //! the step named, as CKS's `OperationFailed` does.
 
-use std::time::Duration;
-
 use tracing::info;
 
-use super::StepError;
-use super::engine::StepCtx;
+use super::step::{StepCtx, StepError};
 use crate::cloudstack::types::VmState;
-
-/// The stop workflow's steps.
-pub const STOP_STEPS: &[&str] = &["stop-vms"];
-/// The start workflow's steps.
-pub const START_STEPS: &[&str] = &["start-vms", "wait-ready"];
+use crate::store::Step;
 
 /// Runs one step of the start or stop workflow.
 ///
@@ -24,10 +17,10 @@ pub const START_STEPS: &[&str] = &["start-vms", "wait-ready"];
 /// [`StepError`]: retry (not yet) or fail (for good).
 pub async fn run(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     match sc.step {
-        "stop-vms" => power_vms(sc, Power::Off).await,
-        "start-vms" => power_vms(sc, Power::On).await,
-        "wait-ready" => super::create::wait_ready(sc).await,
-        other => Err(StepError::fail(format!("unknown start/stop step {other}"))),
+        Step::StopVms => power_vms(sc, Power::Off).await,
+        Step::StartVms => power_vms(sc, Power::On).await,
+        Step::WaitReady => super::kube::wait_ready(sc).await,
+        other => Err(StepError::fail(format!("{other} is not a start/stop step"))),
     }
 }
 
@@ -72,10 +65,10 @@ async fn power_vms(sc: &StepCtx<'_>, power: Power) -> Result<String, StepError> 
             }
             (Power::On, VmState::Stopped) => cloud.start_vm(&vm_id).await?,
             (_, VmState::Starting | VmState::Stopping | VmState::Migrating) => {
-                return Err(StepError::retry(
-                    format!("the VM of node {name} is {:?}", vm.state),
-                    Duration::from_secs(2),
-                ));
+                return Err(StepError::not_yet(format!(
+                    "the VM of node {name} is {:?}",
+                    vm.state
+                )));
             }
             (_, state) => {
                 return Err(StepError::fail(format!(

@@ -1,8 +1,12 @@
-//! The commands the controller answers, by family: [`versions`], [`clusters`], and [`misc`]
-//! (async jobs, settings, API discovery).
+//! The commands the controller answers, by family: [`versions`], [`create`], [`clusters`]
+//! (list, kubeconfig, stop, start, delete), [`scale`], [`upgrade`], and [`misc`] (async jobs,
+//! settings, API discovery).
 
 pub mod clusters;
+pub mod create;
 pub mod misc;
+pub mod scale;
+pub mod upgrade;
 pub mod versions;
 
 use serde_json::{Value, json};
@@ -100,6 +104,18 @@ pub const KUBERNETES_COMMANDS: &[CommandInfo] = &[
         is_async: true,
         description: "Deletes a Kubernetes cluster",
     },
+    CommandInfo {
+        name: "scaleKubernetesCluster",
+        admin_only: false,
+        is_async: true,
+        description: "Scales a created, running or stopped CloudManaged Kubernetes cluster",
+    },
+    CommandInfo {
+        name: "upgradeKubernetesCluster",
+        admin_only: false,
+        is_async: true,
+        description: "Upgrades a running CloudManaged Kubernetes cluster",
+    },
 ];
 
 /// The command's entry, if it is a Kubernetes command (names are case-insensitive).
@@ -166,12 +182,14 @@ pub async fn dispatch(api: &Api, caller: &Caller, params: &Params) -> Result<Rep
             "listKubernetesSupportedVersions" => versions::list(api, params).await,
             "updateKubernetesSupportedVersion" => versions::update(api, params).await,
             "deleteKubernetesSupportedVersion" => versions::delete(api, caller, params).await,
-            "createKubernetesCluster" => clusters::create(api, caller, params).await,
+            "createKubernetesCluster" => create::create(api, caller, params).await,
             "listKubernetesClusters" => clusters::list(api, caller, params).await,
             "getKubernetesClusterConfig" => clusters::config(api, caller, params).await,
             "startKubernetesCluster" => clusters::start(api, caller, params).await,
             "stopKubernetesCluster" => clusters::stop(api, caller, params).await,
             "deleteKubernetesCluster" => clusters::delete(api, caller, params).await,
+            "scaleKubernetesCluster" => scale::scale(api, caller, params).await,
+            "upgradeKubernetesCluster" => upgrade::upgrade(api, caller, params).await,
             _ => Err(ApiError::unknown_command(command, &caller.user_id)),
         };
     }

@@ -1,0 +1,347 @@
+//! What every step family does with CloudStack for a cluster's nodes: node names, VMs deployed
+//! with the binaries ISO and started, ISOs attached and detached, the nodes' SSH rules, VMs
+//! destroyed. Every function looks for what an earlier, interrupted run made before it makes
+//! anything, so a step built on them can run again after a crash.
+
+use tracing::{info, warn};
+
+use super::step::{StepCtx, StepError};
+use crate::cloud::DeployRequest;
+use crate::cloudstack::types::VmState;
+use crate::pki::NodeIdentity;
+use crate::store::{ClusterRecord, NodeRecord, NodeRole};
+use crate::userdata::{NodeBootstrap, TemplateKind};
+
+/// The API server port.
+pub const API_PORT: u16 = 6443;
+/// First public port of the optional SSH port forwards (CKS's 2222 + i).
+pub const SSH_PORT_BASE: u16 = 2222;
+/// How many SSH forwards a cluster may have at most (ports 2222…3221): the range a delete
+/// searches for the forwards it made.
+const SSH_PORT_SPAN: u16 = 1000;
+
+/// The marker in the description of a network the controller made for a cluster.
+pub fn network_marker(cluster_id: &str) -> String {
+    format!("Kubernetes cluster {cluster_id}")
+}
+
+/// True unless the cluster sits on a shared network (no public IP, no rules of ours).
+pub fn is_isolated(cluster: &ClusterRecord) -> bool {
+    cluster.network_type.as_deref() != Some("Shared")
+}
+
+/// The cluster's network id.
+///
+/// # Errors
+/// The cluster has none yet (a step ran before the network step).
+pub fn network_id(cluster: &ClusterRecord) -> Result<String, StepError> {
+    cluster
+        .network_id
+        .clone()
+        .ok_or_else(|| StepError::fail("the cluster has no network"))
+}
+
+/// Node names as CKS makes them: a DNS-label prefix from the cluster name, the role, and a
+/// random suffix (CKS uses the time in hex); chosen once and stored before any VM exists.
+pub fn node_prefix(cluster: &ClusterRecord) -> String {
+    let lower = cluster.name.to_lowercase();
+    let valid = !lower.is_empty()
+        && lower.len() <= 63
+        && lower
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !lower.starts_with('-')
+        && !lower.ends_with('-');
+    let mut prefix = if valid {
+        lower
+    } else {
+        let cleaned: String = lower
+            .chars()
+            .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+            .collect();
+        if cleaned.is_empty() {
+            format!("k8s-{}", cluster.id)
+        } else {
+            format!("k8s-{cleaned}")
+        }
+    };
+    prefix.truncate(43);
+    prefix.trim_end_matches('-').to_string()
+}
+
+fn random_suffix() -> String {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    hex::encode(bytes)
+}
+
+/// A node planned for `cluster` (no VM yet), named as CKS names nodes.
+pub fn plan_node(
+    cluster: &ClusterRecord,
+    role: NodeRole,
+    ordinal: u32,
+    added_by: Option<&str>,
+) -> NodeRecord {
+    let kind = match role {
+        NodeRole::Control => "control",
+        NodeRole::Worker => "node",
+    };
+    NodeRecord {
+        cluster_id: cluster.id.clone(),
+        name: format!("{}-{kind}-{}", node_prefix(cluster), random_suffix()),
+        role,
+        ordinal,
+        vm_id: None,
+        ip: None,
+        joined: false,
+        kubernetes_version: None,
+        added_by: added_by.map(str::to_string),
+    }
+}
+
+fn userdata(sc: &StepCtx<'_>, node: &NodeRecord) -> String {
+    use cks_proto::agent::NodeRole as ProtoRole;
+    let role = match node.role {
+        NodeRole::Control if node.ordinal == 0 => ProtoRole::FirstControl,
+        NodeRole::Control => ProtoRole::Control,
+        NodeRole::Worker => ProtoRole::Worker,
+    };
+    let token = sc.ctx.agents.issue_token(
+        NodeIdentity {
+            cluster_id: sc.cluster.id.clone(),
+            node_name: node.name.clone(),
+            role,
+        },
+        sc.ctx.nodes.enrollment_ttl,
+    );
+    NodeBootstrap {
+        addresses: sc.ctx.nodes.agent_addresses.clone(),
+        ca_fingerprint: sc.ctx.agents.ca_fingerprint(),
+        enrollment_token: token,
+        node_name: node.name.clone(),
+        role: match node.role {
+            NodeRole::Control => "control-plane".into(),
+            NodeRole::Worker => "worker".into(),
+        },
+    }
+    .render(TemplateKind::CloudInit)
+}
+
+/// Deploys the VMs of the nodes named in `names` that have none (a VM a crashed run deployed is
+/// found by its name, chosen before deploying), tags them with the cluster, attaches the
+/// cluster version's binaries ISO before their first boot and starts them. Returns how many
+/// nodes run.
+///
+/// # Errors
+/// CloudStack refused something; the version is gone.
+pub async fn deploy_nodes(sc: &mut StepCtx<'_>, names: &[String]) -> Result<usize, StepError> {
+    let network_id = network_id(&sc.cluster)?;
+    let version = sc
+        .ctx
+        .store
+        .version(&sc.cluster.version_id)?
+        .ok_or_else(|| StepError::fail("Invalid Kubernetes version associated with cluster"))?;
+    let cloud = sc.ctx.cloud.clone();
+    let mut started = 0;
+    for name in names {
+        let Some(mut node) = sc.nodes.iter().find(|n| &n.name == name).cloned() else {
+            continue;
+        };
+        let vm = match &node.vm_id {
+            Some(id) => cloud.vm(id).await?,
+            None => cloud
+                .vms_named(&sc.cluster.owner, &node.name)
+                .await?
+                .into_iter()
+                .next(),
+        };
+        let vm = match vm {
+            Some(vm) => vm,
+            None => {
+                let userdata = userdata(sc, &node);
+                let vm = cloud
+                    .deploy_vm(&DeployRequest {
+                        owner: &sc.cluster.owner,
+                        zone_id: &sc.cluster.zone_id,
+                        service_offering_id: &sc.cluster.service_offering_id,
+                        template_id: &sc.cluster.template_id,
+                        network_id: &network_id,
+                        name: &node.name,
+                        userdata: &userdata,
+                        keypair: sc.cluster.keypair.as_deref(),
+                        root_disk_size: sc.cluster.node_root_disk_size,
+                    })
+                    .await?;
+                info!(node = %node.name, vm = %vm.id, "node VM deployed");
+                vm
+            }
+        };
+        node.vm_id = Some(vm.id.clone());
+        node.ip = vm.ip_address().map(str::to_string);
+        sc.save_node(&node)?;
+        if vm.tag(crate::cloud::CLUSTER_TAG) != Some(sc.cluster.id.as_str()) {
+            cloud.tag("UserVm", &[&vm.id], &sc.cluster.id).await?;
+        }
+        if vm.isoid.as_deref() != Some(version.iso_id.as_str()) {
+            cloud.attach_iso(&version.iso_id, &vm.id).await?;
+        }
+        if !matches!(vm.state, VmState::Running) {
+            cloud.start_vm(&vm.id).await?;
+        }
+        started += 1;
+    }
+    Ok(started)
+}
+
+/// Attaches the ISO `iso_id` to the VMs of the nodes named in `names` that do not have it.
+///
+/// # Errors
+/// CloudStack refused it; a node has no VM.
+pub async fn attach_iso(
+    sc: &StepCtx<'_>,
+    iso_id: &str,
+    names: &[String],
+) -> Result<usize, StepError> {
+    let mut attached = 0;
+    for node in sc.nodes.iter().filter(|n| names.contains(&n.name)) {
+        let vm_id = node
+            .vm_id
+            .as_deref()
+            .ok_or_else(|| StepError::fail(format!("node {} has no VM", node.name)))?;
+        let vm = sc
+            .ctx
+            .cloud
+            .vm(vm_id)
+            .await?
+            .ok_or_else(|| StepError::fail(format!("the VM of node {} is gone", node.name)))?;
+        if vm.isoid.as_deref() == Some(iso_id) {
+            continue;
+        }
+        if vm.isoid.is_some() {
+            // Another ISO (a detach that failed earlier): CloudStack attaches one at a time.
+            sc.ctx.cloud.detach_iso(vm_id).await?;
+        }
+        sc.ctx.cloud.attach_iso(iso_id, vm_id).await?;
+        attached += 1;
+    }
+    Ok(attached)
+}
+
+/// Detaches the ISO from the VMs of the nodes named in `names`; failures are only logged (the
+/// nodes do not need the ISO any more), as CKS does.
+pub async fn detach_iso(sc: &StepCtx<'_>, names: &[String]) -> usize {
+    let mut detached = 0;
+    for node in sc.nodes.iter().filter(|n| names.contains(&n.name)) {
+        let Some(vm_id) = &node.vm_id else { continue };
+        match sc.ctx.cloud.vm(vm_id).await {
+            Ok(Some(vm)) if vm.isoid.is_none() => continue,
+            _ => {}
+        }
+        match sc.ctx.cloud.detach_iso(vm_id).await {
+            Ok(()) => detached += 1,
+            Err(err) => warn!(node = %node.name, error = %err, "cannot detach the ISO"),
+        }
+    }
+    detached
+}
+
+/// The public SSH port range for `nodes` nodes (CKS's 2222 … 2222+n-1), when the cluster has a
+/// key pair (its owner's own access; the controller never uses SSH).
+pub fn ssh_ports(cluster: &ClusterRecord, nodes: usize) -> Option<(u16, u16)> {
+    cluster.keypair.as_ref()?;
+    let count = u16::try_from(nodes).ok()?.max(1);
+    Some((SSH_PORT_BASE, SSH_PORT_BASE + count - 1))
+}
+
+/// Makes the nodes' SSH access match the nodes the cluster has now: one firewall rule over
+/// 2222 … 2222+n-1 and node `i` (by ordinal) forwarded from 2222+i to its port 22. Forwards to
+/// VMs that left are removed, missing ones made; nothing is done twice. Only for isolated
+/// networks with a key pair (without one, CKS opens no SSH access either).
+///
+/// # Errors
+/// CloudStack refused something.
+pub async fn node_rules(sc: &StepCtx<'_>) -> Result<String, StepError> {
+    let Some(ip_id) = sc.cluster.public_ip_id.clone() else {
+        return Ok("no public IP: no node rules".into());
+    };
+    let mut nodes: Vec<&NodeRecord> = sc.nodes.iter().filter(|n| n.vm_id.is_some()).collect();
+    nodes.sort_by_key(|n| n.ordinal);
+    let cloud = &sc.ctx.cloud;
+    let network_id = network_id(&sc.cluster)?;
+    let Some((start, end)) = ssh_ports(&sc.cluster, nodes.len()) else {
+        return Ok("no key pair: no SSH access to open".into());
+    };
+    let mut changed = 0;
+    let firewall = cloud.firewall_rules(&ip_id).await?;
+    let mut covered = false;
+    for rule in firewall.iter().filter(|r| r.startport == Some(start)) {
+        if rule.endport == Some(end) {
+            covered = true;
+        } else {
+            cloud.delete_firewall_rule(&rule.id).await?;
+            changed += 1;
+        }
+    }
+    if !covered {
+        cloud.create_firewall_rule(&ip_id, start, end).await?;
+        changed += 1;
+    }
+    let wanted: Vec<(u16, &str)> = nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| Some((start + u16::try_from(i).ok()?, n.vm_id.as_deref()?)))
+        .collect();
+    let forwards = cloud.pf_rules(&ip_id).await?;
+    let mut present = Vec::new();
+    for rule in &forwards {
+        let Some(port) = rule.publicport else {
+            continue;
+        };
+        if !(SSH_PORT_BASE..SSH_PORT_BASE + SSH_PORT_SPAN).contains(&port)
+            || rule.privateport != Some(22)
+        {
+            continue;
+        }
+        let vm = rule.virtualmachineid.as_deref().unwrap_or_default();
+        if wanted.contains(&(port, vm)) {
+            present.push(port);
+        } else {
+            cloud.delete_pf_rule(&rule.id).await?;
+            changed += 1;
+        }
+    }
+    for (port, vm) in &wanted {
+        if !present.contains(port) {
+            cloud
+                .create_pf_rule(&ip_id, &network_id, vm, *port, 22)
+                .await?;
+            changed += 1;
+        }
+    }
+    Ok(format!(
+        "SSH {start}-{end} → {} nodes ({changed} rules changed)",
+        wanted.len()
+    ))
+}
+
+/// Destroys and expunges a node's VM if it still exists; true when one was destroyed.
+///
+/// # Errors
+/// CloudStack refused it.
+pub async fn destroy_vm(sc: &StepCtx<'_>, vm_id: &str) -> Result<bool, StepError> {
+    match sc.ctx.cloud.vm(vm_id).await? {
+        Some(vm) if !matches!(vm.state, VmState::Destroyed | VmState::Expunging) => {
+            sc.ctx.cloud.destroy_vm(vm_id).await?;
+            info!(vm = %vm_id, name = %vm.name, "node VM destroyed");
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// True when a PF rule is one of the SSH forwards the controller makes (delete uses it).
+pub fn is_ssh_forward(rule: &crate::cloudstack::types::PortForwardingRule) -> bool {
+    rule.publicport
+        .is_some_and(|p| (SSH_PORT_BASE..SSH_PORT_BASE + SSH_PORT_SPAN).contains(&p))
+        && rule.privateport == Some(22)
+}
