@@ -123,6 +123,37 @@ pub enum ClusterCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Scale a cluster: change its worker count, its node offering, or remove given nodes;
+    /// follows the scale node by node
+    Scale {
+        /// Cluster id
+        id: String,
+        /// New worker count (new workers join; the newest ones leave first)
+        #[arg(long)]
+        size: Option<u32>,
+        /// New node service offering id (running VMs need CloudStack's dynamic scaling)
+        #[arg(long)]
+        offering: Option<String>,
+        /// VM ids of nodes to remove, comma-separated (CloudStack's `nodeids`)
+        #[arg(long, value_delimiter = ',')]
+        remove: Vec<String>,
+        /// Return at once
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Upgrade a cluster to the next Kubernetes version, one node at a time (control nodes
+    /// first: drain, upgrade, uncordon, health check); upgrading again after a failure continues
+    /// from the node that failed
+    Upgrade {
+        /// Cluster id
+        id: String,
+        /// The Kubernetes version id to upgrade to
+        #[arg(long)]
+        version: String,
+        /// Return at once
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Delete a cluster and everything it made
     Delete {
         /// Cluster id
@@ -323,6 +354,38 @@ pub async fn cluster(args: &ClientArgs, command: ClusterCommand) -> Result<()> {
             )
             .await
         }
+        ClusterCommand::Scale {
+            id,
+            size,
+            offering,
+            remove,
+            no_wait,
+        } => {
+            let size = size.map(|s| s.to_string());
+            let remove = remove.join(",");
+            let mut params = vec![("id", id.as_str())];
+            if let Some(size) = &size {
+                params.push(("size", size));
+            }
+            if let Some(offering) = &offering {
+                params.push(("serviceofferingid", offering));
+            }
+            if !remove.is_empty() {
+                params.push(("nodeids", &remove));
+            }
+            if params.len() == 1 {
+                bail!("nothing to scale: give --size, --offering or --remove");
+            }
+            run(&api, "scaleKubernetesCluster", &params, no_wait, "scaled").await
+        }
+        ClusterCommand::Upgrade {
+            id,
+            version,
+            no_wait,
+        } => {
+            let params = [("id", id.as_str()), ("kubernetesversionid", version.as_str())];
+            run(&api, "upgradeKubernetesCluster", &params, no_wait, "upgraded").await
+        }
         ClusterCommand::Delete { id, no_wait } => {
             operate(
                 &api,
@@ -353,6 +416,58 @@ async fn operate(
     }
     follow(api, id, &job.job_id).await?;
     println!("cluster {id} {done}");
+    Ok(())
+}
+
+/// Runs an async cluster command with `params` and, unless `no_wait`, follows it to its end
+/// and prints the cluster's nodes.
+async fn run(
+    api: &CloudStackClient,
+    command: &str,
+    params: &[(&str, &str)],
+    no_wait: bool,
+    done: &str,
+) -> Result<()> {
+    let id = params
+        .iter()
+        .find(|(k, _)| *k == "id")
+        .map(|(_, v)| *v)
+        .unwrap_or_default();
+    let job = api.submit(command, params).await?;
+    if no_wait {
+        eprintln!("{command} of cluster {id}: job {}", job.job_id);
+        return Ok(());
+    }
+    follow(api, id, &job.job_id).await?;
+    let listed = api
+        .call("listKubernetesClusters", &[("id", id)])
+        .await?;
+    if let Some(cluster) = listed.pointer("/kubernetescluster/0") {
+        println!(
+            "cluster {id} {done}: {} control + {} workers, version {}",
+            cluster.get("controlnodes").and_then(Value::as_u64).unwrap_or(0),
+            cluster.get("size").and_then(Value::as_u64).unwrap_or(0),
+            text(cluster, "kubernetesversionname"),
+        );
+        for vm in cluster
+            .get("virtualmachines")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "  {:<40} {:<8} {:<8} {}",
+                text(vm, "name"),
+                if vm.get("iscontrolnode") == Some(&Value::Bool(true)) {
+                    "control"
+                } else {
+                    "worker"
+                },
+                text(vm, "state"),
+                text(vm, "kubernetesnodeversion"),
+            );
+        }
+    }
     Ok(())
 }
 

@@ -189,8 +189,20 @@ async fn run_step(kind: WorkflowKind, sc: &mut StepCtx<'_>) -> Result<String, St
     }
 }
 
-fn crash(point: &str, kind: WorkflowKind, at: &str) {
-    crashpoint::hit(&format!("{point}:{}:{at}", kind.as_str()));
+/// The operation's name in crash points and logs: the kind, and for a scale what it does (a
+/// scale up and a scale down run different steps for real).
+fn label(workflow: &WorkflowRecord) -> &'static str {
+    match &workflow.params {
+        WorkflowParams::Scale(p) if !p.remove.is_empty() => "scale-down",
+        WorkflowParams::Scale(p) if p.size.is_some() => "scale-up",
+        WorkflowParams::Scale(_) => "scale-offering",
+        WorkflowParams::None | WorkflowParams::Upgrade(_) => workflow.kind.as_str(),
+    }
+}
+
+/// A crash point of the operation `workflow` at `point` (see [`crashpoint`]).
+fn crash(workflow: &WorkflowRecord, point: &str) {
+    crashpoint::hit(&format!("{}:{point}", label(workflow)));
 }
 
 // === impl Engine ===
@@ -336,11 +348,11 @@ impl Engine {
                 .zip(cancelled_job.as_ref())
                 .map(|(w, j)| (w.id.as_str(), j)),
         };
-        crash("start", kind, "before-commit");
+        crash(&workflow, "start:before-commit");
         if !ctx.store.begin_operation(begin)? {
             return Err(StartError::Changed);
         }
-        crash("start", kind, "after-commit");
+        crash(&workflow, "start:after-commit");
         if let Some(old) = &replaced {
             info!(cluster = %cluster.id, cancelled = old.kind.as_str(), "delete cancels the running operation");
             self.cancel(&old.id);
@@ -518,7 +530,7 @@ impl Engine {
                     continue;
                 }
             }
-            crash("step", kind, &format!("{step}:started"));
+            crash(&workflow, &format!("{step}:started"));
             let (cluster, nodes) = match self.load(&workflow.cluster_id) {
                 Ok(loaded) => loaded,
                 Err(err) => {
@@ -548,7 +560,7 @@ impl Engine {
                     info!(%step, %detail, "step done");
                     workflow.finish_step(step, StepStatus::Done, detail);
                     match self.save(&workflow, Some(&sc.cluster), &sc.nodes) {
-                        Ok(true) => crash("step", kind, &format!("{step}:done")),
+                        Ok(true) => crash(&workflow, &format!("{step}:done")),
                         Ok(false) => return,
                         Err(err) => {
                             // The step runs again; being idempotent, it finds its own work.
@@ -609,7 +621,7 @@ impl Engine {
     async fn finish(&self, workflow: &mut WorkflowRecord, outcome: Result<(), String>) {
         let ctx = self.ctx();
         let kind = workflow.kind;
-        crash("finish", kind, "before-commit");
+        crash(workflow, "finish:before-commit");
         let cluster = match ctx.store.cluster(&workflow.cluster_id) {
             Ok(Some(cluster)) => cluster,
             Ok(None) => {
@@ -677,7 +689,7 @@ impl Engine {
                 return;
             }
         }
-        crash("finish", kind, "after-commit");
+        crash(workflow, "finish:after-commit");
         match &outcome {
             Ok(()) => info!(state = %to, "workflow succeeded"),
             Err(reason) => warn!(state = %to, %reason, "workflow failed"),

@@ -148,10 +148,11 @@ pub async fn join_nodes(
         Some(ip) => format!("{ip}:{API_PORT}"),
         None => api_endpoint(sc)?,
     };
-    for mut node in joining.iter().cloned() {
+    for (index, mut node) in joining.iter().cloned().enumerate() {
         if node.joined {
             continue;
         }
+        sc.report(&format!("{}/{} {}: joining", index + 1, joining.len(), node.name));
         configure_registry(sc, &node).await?;
         let material = send(
             sc,

@@ -212,6 +212,7 @@ async fn drain(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     let first = first_control(sc)?;
     let mut drained = Vec::new();
     for node in &nodes {
+        sc.report(&format!("{}: draining", node.name));
         let command = Kind::Drain(Drain {
             node_name: node.name.clone(),
             grace_seconds: u32::try_from(DRAIN_GRACE.as_secs()).unwrap_or(30),
@@ -310,6 +311,7 @@ async fn remove(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
         return Ok("no node leaves".into());
     }
     for node in &nodes {
+        sc.report(&format!("{}: leaving the cluster", node.name));
         remove_node(sc, node).await?;
     }
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();

@@ -143,10 +143,11 @@ pub async fn deploy_nodes(sc: &mut StepCtx<'_>, names: &[String]) -> Result<usiz
         .ok_or_else(|| StepError::fail("Invalid Kubernetes version associated with cluster"))?;
     let cloud = sc.ctx.cloud.clone();
     let mut started = 0;
-    for name in names {
+    for (index, name) in names.iter().enumerate() {
         let Some(mut node) = sc.nodes.iter().find(|n| &n.name == name).cloned() else {
             continue;
         };
+        sc.report(&format!("{}/{} {name}: VM", index + 1, names.len()));
         let vm = match &node.vm_id {
             Some(id) => cloud.vm(id).await?,
             None => cloud

@@ -99,6 +99,16 @@ pub fn nodes_possible(what: &str) -> bool {
     )
 }
 
+/// A public address range for one stack's simulator, inside 127.0.0.0/8 but away from the
+/// simulator's default 127.64.0.0/16 (which `make demo` uses): tests running beside a
+/// `make demo KEEP=1` must not hand out, and `kubectl` must not reach, the demo's addresses.
+pub fn private_public_range() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("127.{}.0.0/16", 100 + (nanos ^ std::process::id()) % 100)
+}
+
 /// `cks-controller serve` as a child process, so a test can kill it with SIGKILL mid-work and
 /// start it again on the same data directory and ports.
 pub struct ControllerProcess {
@@ -137,12 +147,49 @@ impl ControllerProcess {
             if std::net::TcpStream::connect(&api).is_ok() {
                 return Ok(());
             }
+            if !self.is_running() {
+                // It died starting (a crash point in resuming, with crash points armed).
+                return Ok(());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!(
             "cks-controller did not listen on {api}; see {}",
             self.log.display()
         )
+    }
+
+    /// Arms the controller's crash points with the ledger at `path` (from its next start): it
+    /// then kills itself (abort) at every crash point not yet in the ledger.
+    pub fn arm_crash_points(&mut self, path: &Path) {
+        self.env.retain(|(k, _)| k != cks_controller::config::ENV_CRASH_LEDGER);
+        self.env.push((
+            cks_controller::config::ENV_CRASH_LEDGER.to_string(),
+            path.display().to_string(),
+        ));
+    }
+
+    /// True while the process runs (false once it crashed or was killed).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Starts the controller again if it died; true when it had to.
+    ///
+    /// # Errors
+    /// It could not start.
+    pub fn revive(&mut self) -> Result<bool> {
+        if self.is_running() {
+            return Ok(false);
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        self.start()?;
+        Ok(true)
     }
 
     /// SIGKILL: no shutdown, no step boundary, as a crash or a power cut.
@@ -212,6 +259,7 @@ impl Stack {
         let mut config = SimConfig::for_tests();
         config.state_dir = Some(dir.path().join("cloudsim"));
         config.nodes = Some(nodes);
+        config.public_cidr = Some(private_public_range());
         let sim = Simulator::start(config).await?;
         let keys = sim.admin_keys().clone();
         let data_dir = dir.path().join("controller");

@@ -7,137 +7,13 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::sync::OnceLock;
+mod common;
+
 use std::time::Duration;
 
-use cks_e2e::stack::{BuiltIso, Programs, Stack, build_isos, kubectl, nodes_possible};
+use cks_e2e::stack::{Programs, Stack, kubectl, nodes_possible};
+use common::*;
 use serde_json::Value;
-
-/// Creating a cluster on a busy 2-core machine: VMs boot, agents install, kubeadm runs.
-const CREATE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// One cluster at a time: each node runs an agent and a containerd, and the machine has two
-/// cores.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn isos() -> &'static Vec<BuiltIso> {
-    static ISOS: OnceLock<Vec<BuiltIso>> = OnceLock::new();
-    ISOS.get_or_init(|| {
-        let programs = Programs::beside_test().unwrap();
-        let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-isos");
-        let _ = std::fs::remove_dir_all(&out);
-        build_isos(&programs.isobuilder, &["1.33.1"], &out).unwrap()
-    })
-}
-
-/// Creates a cluster as the user and waits for the job; returns the cluster object.
-async fn create(stack: &Stack, extra: &[(&str, &str)]) -> Value {
-    let version = stack.add_version(&isos()[0]).await.unwrap();
-    let (zone, offering) = stack.zone_and_offering().await.unwrap();
-    let mut params = vec![
-        ("zoneid", zone.as_str()),
-        ("kubernetesversionid", version.as_str()),
-        ("serviceofferingid", offering.as_str()),
-    ];
-    params.extend_from_slice(extra);
-    let job = stack
-        .user
-        .submit("createKubernetesCluster", &params)
-        .await
-        .unwrap();
-    let id = job.id.clone().unwrap();
-    finished(stack, "createKubernetesCluster", &id, &job.job_id).await["kubernetescluster"].clone()
-}
-
-/// The result of job `job_id` of a cluster operation; when it fails, the panic shows the
-/// cluster's progress.
-async fn finished(stack: &Stack, command: &str, id: &str, job_id: &str) -> Value {
-    match stack.wait_job(&stack.user, job_id, CREATE_TIMEOUT).await {
-        Ok(result) => result,
-        Err(err) => {
-            let listed = stack
-                .user
-                .call("listKubernetesClusters", &[("id", id)])
-                .await
-                .unwrap_or_default();
-            panic!(
-                "{command} failed: {err}\n{:#}",
-                listed["kubernetescluster"][0]["progress"]
-            );
-        }
-    }
-}
-
-/// The stack for one test, when this machine can run it (else the test is skipped with a
-/// message), holding the one-cluster-at-a-time lock.
-async fn start(what: &str) -> Option<(tokio::sync::MutexGuard<'static, ()>, Stack)> {
-    if !nodes_possible(what) {
-        return None;
-    }
-    let serial = ONE_AT_A_TIME.lock().await;
-    let stack = Stack::start(&Programs::beside_test().unwrap())
-        .await
-        .unwrap();
-    Some((serial, stack))
-}
-
-/// The Ready nodes as the real kubectl sees them through the kubeconfig of cluster `id`.
-async fn ready(stack: &Stack, id: &str) -> Vec<String> {
-    let config = kubeconfig(stack, id).await;
-    tokio::task::spawn_blocking(move || ready_nodes(config))
-        .await
-        .unwrap()
-}
-
-fn ready_nodes(kubeconfig: std::path::PathBuf) -> Vec<String> {
-    let nodes: Value =
-        serde_json::from_str(&kubectl(&kubeconfig, &["get", "nodes", "-o", "json"]).unwrap())
-            .unwrap();
-    nodes["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|node| {
-            node["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
-        .map(|node| node["metadata"]["name"].as_str().unwrap().to_string())
-        .collect()
-}
-
-async fn kubeconfig(stack: &Stack, id: &str) -> std::path::PathBuf {
-    let config = stack
-        .user
-        .call("getKubernetesClusterConfig", &[("id", id)])
-        .await
-        .unwrap();
-    let text = config["clusterconfig"]["configdata"].as_str().unwrap();
-    let path = stack.dir.path().join(format!("{id}.kubeconfig"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn delete_and_check_nothing_is_left(stack: &Stack, id: &str) {
-    let job = stack
-        .user
-        .submit("deleteKubernetesCluster", &[("id", id)])
-        .await
-        .unwrap();
-    stack
-        .wait_job(&stack.user, &job.job_id, Duration::from_secs(300))
-        .await
-        .unwrap();
-    let vms = stack.user.call("listVirtualMachines", &[]).await.unwrap();
-    assert!(vms.get("virtualmachine").is_none(), "VMs left: {vms}");
-    let clusters = stack
-        .user
-        .call("listKubernetesClusters", &[])
-        .await
-        .unwrap();
-    assert_eq!(clusters, serde_json::json!({}));
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_is_created_used_with_kubectl_and_deleted() {
@@ -166,21 +42,6 @@ async fn a_cluster_is_created_used_with_kubectl_and_deleted() {
 
     delete_and_check_nothing_is_left(&stack, &id).await;
     stack.stop().await;
-}
-
-/// Runs a cluster operation as the user and returns the job's result.
-async fn operate(stack: &Stack, command: &str, id: &str) -> Value {
-    let job = stack.user.submit(command, &[("id", id)]).await.unwrap();
-    finished(stack, command, id, &job.job_id).await
-}
-
-async fn listed(stack: &Stack, id: &str) -> Value {
-    let listed = stack
-        .user
-        .call("listKubernetesClusters", &[("id", id)])
-        .await
-        .unwrap();
-    listed["kubernetescluster"][0].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -630,18 +491,6 @@ async fn lost_responses_and_transient_errors_from_cloudstack_make_nothing_twice(
     assert_eq!(ready(&stack, &id).await.len(), 2);
     delete_and_check_nothing_is_left(&stack, &id).await;
     stack.stop().await;
-}
-
-/// The step the cluster's operation is in (`progress.step`).
-async fn current_step(stack: &Stack, id: &str) -> Option<String> {
-    let listed = stack
-        .user
-        .call("listKubernetesClusters", &[("id", id)])
-        .await
-        .ok()?;
-    listed["kubernetescluster"][0]["progress"]["step"]
-        .as_str()
-        .map(str::to_string)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
