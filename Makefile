@@ -41,9 +41,11 @@ test-vm: deps agent-static
 
 ## make demo: the main job end to end on local fixtures: two bundle ISOs built by
 ## cks-isobuilder, cloudsim (its VMs run cks-agent) and cks-controller started, both versions
-## registered, a 1 control + 2 worker cluster created with visible progress, its kubeconfig
-## printed and used by kubectl, then deleted. KEEP=1 leaves cloudsim and the controller
-## running and prints the `export CLOUDSTACK_…` lines for `cs`; `make demo-stop` stops them.
+## registered; with the controller's CLI, following each operation step by step: a 1 control +
+## 2 worker cluster created at 1.33.1 and used by kubectl, scaled to 3 workers, upgraded to
+## 1.34.0 (kubectl shows it on all 4 nodes), stopped, started, deleted with nothing left.
+## KEEP=1 leaves the cluster, cloudsim and the controller running and prints the
+## `export CLOUDSTACK_…` lines for `cs`; `make demo-stop` stops them.
 demo: deps
 	$(CARGO) build --workspace --bins
 	target/debug/cks-demo --bin target/debug --out out/demo $(if $(KEEP),--keep)

@@ -5,11 +5,14 @@
 //!    local upstream (file server + docker-registry on 127.0.0.1), verified.
 //! 2. `cloudsim` (the CloudStack simulator; its VMs run the real `cks-agent` with the
 //!    Kubernetes stand-ins) and `cks-controller serve` started as background processes.
-//! 3. Both versions registered, then a cluster of 1 control node and 2 workers created with the
-//!    controller's CLI (progress shown), its kubeconfig printed and used by the real `kubectl`,
-//!    and the cluster deleted.
-//! 4. Without `--keep` both services are stopped; with it (`make demo KEEP=1`) they stay up and
-//!    the `export CLOUDSTACK_…` lines for `cs` are printed; `make demo-stop` stops them.
+//! 3. With the controller's CLI, each operation followed step by step as an operator sees it:
+//!    both versions registered; a cluster of 1 control node and 2 workers created at 1.33.1, its
+//!    kubeconfig printed and used by the real `kubectl`; scaled to 3 workers; upgraded to
+//!    1.34.0 one node at a time (`kubectl` then shows v1.34.0 on all 4 nodes); stopped;
+//!    started; deleted, with no VM, network or public IP left.
+//! 4. Without `--keep` both services are stopped; with it (`make demo KEEP=1`) the cluster is
+//!    not deleted and the services stay up, and the `export CLOUDSTACK_…` lines for `cs` are
+//!    printed; `make demo-stop` stops them (and the cluster's nodes with cloudsim).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +27,14 @@ const CLOUDSIM_ADDR: &str = "127.0.0.1:8080";
 const API_ADDR: &str = "127.0.0.1:8090";
 const AGENTS_ADDR: &str = "127.0.0.1:8091";
 const RELEASES: [&str; 2] = ["1.33.1", "1.34.0"];
+/// The version the cluster is created at.
+const CREATE_AT: &str = RELEASES[0];
+/// The version it is upgraded to (the next minor).
+const UPGRADE_TO: &str = RELEASES[1];
+/// Workers at creation (beside one control node).
+const WORKERS: u32 = 2;
+/// Workers after the scale.
+const SCALED_WORKERS: u32 = 3;
 
 #[derive(Parser)]
 #[command(about = "Run the Kubernetes service end to end on local fixtures (make demo)")]
@@ -35,7 +46,8 @@ struct Args {
     /// Where the ISOs, state, logs and pid files go.
     #[arg(long, default_value = "out/demo")]
     out: PathBuf,
-    /// Leave cloudsim and the controller running and print the `export` lines for `cs`.
+    /// Leave the cluster, cloudsim and the controller running and print the `export` lines for
+    /// `cs`.
     #[arg(long)]
     keep: bool,
     /// Stop what a `--keep` run left running, and exit.
@@ -142,7 +154,7 @@ fn main() -> Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let api = client(&endpoint, &keys.0, &keys.1)?;
-    let result = runtime.block_on(tenant_flow(&cli, &api, &isos, &out));
+    let result = runtime.block_on(tenant_flow(&cli, &api, &isos, &out, args.keep));
     if let Err(err) = &result {
         eprintln!(
             "\ndemo failed: {err:#}\nlogs: {}",
@@ -198,6 +210,7 @@ async fn tenant_flow(
     api: &cks_controller::cloudstack::CloudStackClient,
     isos: &[BuiltIso],
     out: &Path,
+    keep: bool,
 ) -> Result<()> {
     step("registering both versions (addKubernetesSupportedVersion)");
     let mut versions = Vec::new();
@@ -213,19 +226,27 @@ async fn tenant_flow(
             &format!("{{SHA-256}}{}", iso.sha256),
         ])?;
         let added: Value = serde_json::from_str(&added)?;
-        versions.push(
-            added["kubernetessupportedversion"]["id"]
-                .as_str()
-                .context("version id")?
-                .to_string(),
-        );
+        let id = added["kubernetessupportedversion"]["id"]
+            .as_str()
+            .context("version id")?
+            .to_string();
+        versions.push((iso.kubernetes.clone(), id));
     }
-    for id in &versions {
+    for (_, id) in &versions {
         wait_version_ready(api, id).await?;
     }
     print!("{}", cli.run(&["version", "list"])?);
+    let version_id = |semver: &str| -> Result<String> {
+        versions
+            .iter()
+            .find(|(v, _)| v == semver)
+            .map(|(_, id)| id.clone())
+            .with_context(|| format!("version {semver} was not registered"))
+    };
 
-    step("creating a cluster: 1 control node + 2 workers, Kubernetes 1.33.1");
+    step(&format!(
+        "creating a cluster: 1 control node + {WORKERS} workers, Kubernetes {CREATE_AT}"
+    ));
     let zones = api.call("listZones", &[]).await?;
     let zone = zones["zone"][0]["id"].as_str().context("zone")?.to_string();
     let offerings = api.call("listServiceOfferings", &[]).await?;
@@ -244,11 +265,11 @@ async fn tenant_flow(
             "--zone",
             &zone,
             "--version",
-            &versions[0],
+            &version_id(CREATE_AT)?,
             "--offering",
             &offering,
             "--size",
-            "2",
+            &WORKERS.to_string(),
         ])?
         .trim()
         .to_string();
@@ -260,19 +281,113 @@ async fn tenant_flow(
     let path = out.join("kubeconfig");
     std::fs::write(&path, &kubeconfig)?;
     step("kubectl get nodes, through the cluster's public IP");
-    let status = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&path)
-        .args(["get", "nodes", "-o", "wide"])
+    kubectl_get_nodes(&path, 1 + WORKERS, &format!("v{CREATE_AT}"))?;
+
+    step(&format!(
+        "scaling to {SCALED_WORKERS} workers (scaleKubernetesCluster)"
+    ));
+    print!(
+        "{}",
+        cli.run(&[
+            "cluster",
+            "scale",
+            &id,
+            "--size",
+            &SCALED_WORKERS.to_string()
+        ])?
+    );
+
+    step(&format!(
+        "upgrading to Kubernetes {UPGRADE_TO}, one node at a time (upgradeKubernetesCluster)"
+    ));
+    print!(
+        "{}",
+        cli.run(&[
+            "cluster",
+            "upgrade",
+            &id,
+            "--version",
+            &version_id(UPGRADE_TO)?
+        ])?
+    );
+    step("kubectl get nodes: every node upgraded");
+    kubectl_get_nodes(&path, 1 + SCALED_WORKERS, &format!("v{UPGRADE_TO}"))?;
+
+    step("stopping the cluster (stopKubernetesCluster): node VMs stopped, disks kept");
+    print!("{}", cli.run(&["cluster", "stop", &id])?);
+    print!("{}", cli.run(&["cluster", "list"])?);
+    step("starting it again (startKubernetesCluster): every node Ready");
+    print!("{}", cli.run(&["cluster", "start", &id])?);
+    kubectl_get_nodes(&path, 1 + SCALED_WORKERS, &format!("v{UPGRADE_TO}"))?;
+
+    if keep {
+        step("the cluster is left running (make demo-stop stops its nodes with cloudsim)");
+        println!("    kubectl --kubeconfig {} get nodes", path.display());
+        println!("    {} cluster delete {id}", cli.program.display());
+        return Ok(());
+    }
+    step("deleting the cluster (deleteKubernetesCluster)");
+    print!("{}", cli.run(&["cluster", "delete", &id])?);
+    nothing_left(api).await?;
+    println!("    no cluster, VM, network or public IP left");
+    Ok(())
+}
+
+/// Shows `kubectl get nodes` through the cluster's public IP, then checks that it lists
+/// `count` nodes, every one Ready and at `version`.
+fn kubectl_get_nodes(kubeconfig: &Path, count: u32, version: &str) -> Result<()> {
+    let kubectl = |args: &[&str]| {
+        let mut command = Command::new("kubectl");
+        command.arg("--kubeconfig").arg(kubeconfig).args(args);
+        command
+    };
+    println!("    $ kubectl get nodes -o wide");
+    let status = kubectl(&["get", "nodes", "-o", "wide"])
         .status()
         .context("running kubectl")?;
     ensure!(status.success(), "kubectl get nodes failed");
+    let output = kubectl(&["get", "nodes", "-o", "json"])
+        .output()
+        .context("running kubectl")?;
+    ensure!(output.status.success(), "kubectl get nodes -o json failed");
+    let nodes: Value = serde_json::from_slice(&output.stdout)?;
+    let nodes = nodes["items"].as_array().cloned().unwrap_or_default();
+    let wrong: Vec<String> = nodes
+        .iter()
+        .filter(|node| {
+            let ready = node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            !ready || node["status"]["nodeInfo"]["kubeletVersion"] != version
+        })
+        .map(|node| node["metadata"]["name"].as_str().unwrap_or("?").to_string())
+        .collect();
+    ensure!(
+        nodes.len() == usize::try_from(count).unwrap_or(usize::MAX) && wrong.is_empty(),
+        "expected {count} nodes, all Ready at {version}: kubectl lists {}, and these are not: {wrong:?}",
+        nodes.len()
+    );
+    Ok(())
+}
 
-    step("deleting the cluster (deleteKubernetesCluster)");
-    cli.run(&["cluster", "delete", &id])?;
-    let vms = api.call("listVirtualMachines", &[]).await?;
-    ensure!(vms.get("virtualmachine").is_none(), "VMs left: {vms}");
-    println!("    no VM, rule or network left");
+/// Checks that the deleted cluster left nothing in CloudStack.
+async fn nothing_left(api: &cks_controller::cloudstack::CloudStackClient) -> Result<()> {
+    let all = [("listall", "true")];
+    let clusters = api.call("listKubernetesClusters", &all).await?;
+    ensure!(
+        clusters.get("kubernetescluster").is_none(),
+        "clusters left: {clusters}"
+    );
+    for (command, key) in [
+        ("listVirtualMachines", "virtualmachine"),
+        ("listNetworks", "network"),
+        ("listPublicIpAddresses", "publicipaddress"),
+    ] {
+        let left = api.call(command, &all).await?;
+        ensure!(left.get(key).is_none(), "left behind ({command}): {left}");
+    }
     Ok(())
 }
 
