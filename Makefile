@@ -18,10 +18,17 @@ build: deps
 	$(CARGO) build --workspace --bins
 
 ## make test: every unit, integration and end-to-end test of the workspace (including the QEMU
-## guest boots of agent/tests/qemu.rs, which use the static agent).
+## guest boots of agent/tests/qemu.rs, which use the static agent). The crash matrix that the
+## controller's crash-point test writes to target/tmp (CARGO_TARGET_TMPDIR) is printed after
+## the tests, whether they passed or not; make test fails when cargo test fails.
 test: deps agent-static
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --all-targets
+	@rm -f target/tmp/crash-matrix.txt
+	@status=0; \
+	echo "$(CARGO) test --workspace --all-targets"; \
+	$(CARGO) test --workspace --all-targets || status=$$?; \
+	if [ -f target/tmp/crash-matrix.txt ]; then cat target/tmp/crash-matrix.txt; fi; \
+	exit $$status
 
 ## make vm-assets: QEMU (unpacked from Debian's debs, never apt-installed), a Debian kernel with
 ## its CD-ROM/iso9660/loop modules and busybox-static, cached in target/vm/ (deps runs it too).
