@@ -383,8 +383,18 @@ pub async fn cluster(args: &ClientArgs, command: ClusterCommand) -> Result<()> {
             version,
             no_wait,
         } => {
-            let params = [("id", id.as_str()), ("kubernetesversionid", version.as_str())];
-            run(&api, "upgradeKubernetesCluster", &params, no_wait, "upgraded").await
+            let params = [
+                ("id", id.as_str()),
+                ("kubernetesversionid", version.as_str()),
+            ];
+            run(
+                &api,
+                "upgradeKubernetesCluster",
+                &params,
+                no_wait,
+                "upgraded",
+            )
+            .await
         }
         ClusterCommand::Delete { id, no_wait } => {
             operate(
@@ -439,13 +449,14 @@ async fn run(
         return Ok(());
     }
     follow(api, id, &job.job_id).await?;
-    let listed = api
-        .call("listKubernetesClusters", &[("id", id)])
-        .await?;
+    let listed = api.call("listKubernetesClusters", &[("id", id)]).await?;
     if let Some(cluster) = listed.pointer("/kubernetescluster/0") {
         println!(
             "cluster {id} {done}: {} control + {} workers, version {}",
-            cluster.get("controlnodes").and_then(Value::as_u64).unwrap_or(0),
+            cluster
+                .get("controlnodes")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
             cluster.get("size").and_then(Value::as_u64).unwrap_or(0),
             text(cluster, "kubernetesversionname"),
         );
@@ -506,7 +517,7 @@ async fn follow(api: &CloudStackClient, cluster_id: &str, job_id: &str) -> Resul
                 format!("{} · {step} · {detail}", text(c, "state"))
             })
             .unwrap_or_default();
-        if line != last {
+        if !line.is_empty() && line != last {
             match &bar {
                 Some(bar) => bar.set_message(line.clone()),
                 None => eprintln!("{line}"),

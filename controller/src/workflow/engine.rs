@@ -442,7 +442,8 @@ impl Engine {
             if running.iter().any(|w| w.cluster_id == cluster.id) {
                 continue;
             }
-            if let Some((to, reason)) = stranded(cluster.state) {
+            let last = store.latest_workflow(&cluster.id)?.map(|w| w.kind);
+            if let Some((to, reason)) = stranded(cluster.state, last) {
                 warn!(cluster = %cluster.id, from = %cluster.state, to = %to, reason, "cluster left in a transient state without an operation");
                 store.set_cluster_state(&cluster.id, cluster.state, to, Some(reason))?;
             }
@@ -697,13 +698,18 @@ impl Engine {
     }
 }
 
-/// Where a cluster found in a transient state without any workflow goes, and why. With
-/// operations begun and ended in one transaction this does not happen; it guards stores written
-/// by older versions and hand edits.
-fn stranded(state: ClusterState) -> Option<(ClusterState, &'static str)> {
+/// Where a cluster found in a transient state without any workflow goes, and why (`last`: the
+/// kind of its latest workflow, if any). With operations begun and ended in one transaction
+/// this does not happen; it guards stores written by older versions and hand edits.
+fn stranded(
+    state: ClusterState,
+    last: Option<WorkflowKind>,
+) -> Option<(ClusterState, &'static str)> {
     use ClusterState as S;
     const WHY: &str = "interrupted: its operation was not running when the controller started";
     match state {
+        // A start of a stopped cluster fails into Alert; only a create fails into Error.
+        S::Starting if last == Some(WorkflowKind::Start) => Some((S::Alert, WHY)),
         S::Created | S::Starting => Some((S::Error, WHY)),
         S::Stopping | S::Scaling | S::ScalingStoppedCluster | S::Upgrading | S::Recovering => {
             Some((S::Alert, WHY))

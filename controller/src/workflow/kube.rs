@@ -152,7 +152,12 @@ pub async fn join_nodes(
         if node.joined {
             continue;
         }
-        sc.report(&format!("{}/{} {}: joining", index + 1, joining.len(), node.name));
+        sc.report(&format!(
+            "{}/{} {}: joining",
+            index + 1,
+            joining.len(),
+            node.name
+        ));
         configure_registry(sc, &node).await?;
         let material = send(
             sc,

@@ -53,6 +53,11 @@ impl StepCtx<'_> {
         Duration::from_secs(u64::try_from(left).unwrap_or(0).max(1))
     }
 
+    /// True once the workflow's deadline passed (a long step checks it between its parts).
+    pub fn past_deadline(&self) -> bool {
+        now() >= self.workflow.deadline
+    }
+
     /// Saves one node right away (a step that makes several things records each as it goes).
     ///
     /// # Errors

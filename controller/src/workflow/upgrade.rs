@@ -134,6 +134,13 @@ async fn upgrade_nodes(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
         if node.kubernetes_version.as_deref() == Some(want.as_str()) {
             continue;
         }
+        if sc.past_deadline() {
+            return Err(StepError::fail(format!(
+                "the upgrade ran out of time (cloud.kubernetes.cluster.upgrade.timeout) before \
+                 node {}; {upgraded} nodes were upgraded, upgrading again continues",
+                node.name
+            )));
+        }
         let position = format!("{}/{total} {}", index + 1, node.name);
         let first = first_control(sc)?;
         let is_first = first.name == node.name;

@@ -162,7 +162,8 @@ impl ControllerProcess {
     /// Arms the controller's crash points with the ledger at `path` (from its next start): it
     /// then kills itself (abort) at every crash point not yet in the ledger.
     pub fn arm_crash_points(&mut self, path: &Path) {
-        self.env.retain(|(k, _)| k != cks_controller::config::ENV_CRASH_LEDGER);
+        self.env
+            .retain(|(k, _)| k != cks_controller::config::ENV_CRASH_LEDGER);
         self.env.push((
             cks_controller::config::ENV_CRASH_LEDGER.to_string(),
             path.display().to_string(),

@@ -24,7 +24,10 @@ async fn a_cluster_scales_from_one_worker_to_two_and_back_with_the_cs_client() {
 
     // Up: a new worker is deployed, joined and Ready; the job's result is the cluster.
     let up = cs
-        .ok(true, &["scaleKubernetesCluster", &format!("id={id}"), "size=2"])
+        .ok(
+            true,
+            &["scaleKubernetesCluster", &format!("id={id}"), "size=2"],
+        )
         .await;
     let cluster = &up["kubernetescluster"];
     assert_eq!(cluster["state"], "Running", "{up:#}");
@@ -32,7 +35,10 @@ async fn a_cluster_scales_from_one_worker_to_two_and_back_with_the_cs_client() {
     assert_eq!(cluster["controlnodes"], 1);
     let after_up = vm_ids(cluster);
     assert_eq!(after_up.len(), 3, "{cluster:#}");
-    assert!(before.iter().all(|vm| after_up.contains(vm)), "a node was replaced");
+    assert!(
+        before.iter().all(|vm| after_up.contains(vm)),
+        "a node was replaced"
+    );
     let nodes = kube_nodes(&stack, &id).await;
     assert_eq!(nodes.len(), 3, "{nodes:?}");
     assert!(nodes.iter().all(|(_, ready, _)| *ready), "{nodes:?}");
@@ -62,7 +68,10 @@ async fn a_cluster_scales_from_one_worker_to_two_and_back_with_the_cs_client() {
 
     // Down: the newest worker is drained, deleted from Kubernetes, reset, expunged.
     let down = cs
-        .ok(true, &["scaleKubernetesCluster", &format!("id={id}"), "size=1"])
+        .ok(
+            true,
+            &["scaleKubernetesCluster", &format!("id={id}"), "size=1"],
+        )
         .await;
     let cluster = &down["kubernetescluster"];
     assert_eq!(cluster["state"], "Running", "{down:#}");
@@ -72,14 +81,20 @@ async fn a_cluster_scales_from_one_worker_to_two_and_back_with_the_cs_client() {
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     let gone = stack
         .admin
-        .call("listVirtualMachines", &[("id", added[0]), ("listall", "true")])
+        .call(
+            "listVirtualMachines",
+            &[("id", added[0]), ("listall", "true")],
+        )
         .await;
     assert!(
         gone.map_or(true, |v| v.get("virtualmachine").is_none()),
         "the removed node's VM is still there"
     );
     let log = agent_log(&stack, &before[0]);
-    assert!(log.contains("command=\"drain\""), "no drain on the control node");
+    assert!(
+        log.contains("command=\"drain\""),
+        "no drain on the control node"
+    );
     assert_eq!(
         stack.sim.call_counts().get("deployVirtualMachine").copied(),
         Some(3),
@@ -90,7 +105,10 @@ async fn a_cluster_scales_from_one_worker_to_two_and_back_with_the_cs_client() {
     let (ok, _, text) = cs
         .run(false, &["scaleKubernetesCluster", &format!("id={id}")])
         .await;
-    assert!(!ok && text.contains("cannot be scaled, either service offering"), "{text}");
+    assert!(
+        !ok && text.contains("cannot be scaled, either service offering"),
+        "{text}"
+    );
     let worker = before[1].clone();
     let (ok, _, text) = cs
         .run(
@@ -102,7 +120,10 @@ async fn a_cluster_scales_from_one_worker_to_two_and_back_with_the_cs_client() {
             ],
         )
         .await;
-    assert!(!ok && text.contains("Can not remove all nodes from a cluster"), "{text}");
+    assert!(
+        !ok && text.contains("Can not remove all nodes from a cluster"),
+        "{text}"
+    );
 
     delete_and_check_nothing_is_left(&stack, &id).await;
     stack.stop().await;
@@ -154,7 +175,12 @@ async fn an_ha_cluster_upgrades_one_node_at_a_time_with_the_cs_client() {
         let log = agent_log(&stack, vm["id"].as_str().unwrap());
         let apply = log.matches("command=\"upgrade apply\"").count();
         let node = log.matches("command=\"upgrade node\"").count();
-        assert_eq!(apply + node, 1, "{}: apply {apply}, node {node}", vm["name"]);
+        assert_eq!(
+            apply + node,
+            1,
+            "{}: apply {apply}, node {node}",
+            vm["name"]
+        );
         applies += apply;
     }
     assert_eq!(applies, 1);

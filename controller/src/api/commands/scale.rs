@@ -74,13 +74,12 @@ pub fn parse(params: &Params) -> Result<ScaleRequest, ApiError> {
     })
 }
 
-/// What a checked request asks of the workflow, and the offering to look up.
+/// What a checked request asks of the workflow (an empty plan, as for the size the cluster
+/// already has, runs as a scale that changes nothing, as in CKS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScalePlan {
     /// The workflow's parameters.
     pub params: ScaleParams,
-    /// True when only autoscaling was asked for (not served yet: see [`check`]).
-    pub autoscaling_only: bool,
 }
 
 /// The offering a request names: `serviceofferingid`, else a `nodeofferings` entry for the
@@ -238,17 +237,12 @@ pub fn check(
         }
         size = Some(u32::try_from(wanted).unwrap_or(u32::MAX));
     }
-    let autoscaling_only = request.autoscaling.is_some()
-        && size.is_none()
-        && remove.is_empty()
-        && offering_id.is_none();
     Ok(ScalePlan {
         params: ScaleParams {
             size,
             offering_id,
             remove,
         },
-        autoscaling_only,
     })
 }
 

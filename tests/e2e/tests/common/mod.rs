@@ -162,7 +162,6 @@ pub async fn current_step(stack: &Stack, id: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-
 /// The unmodified `cs` client for the stack's user, through the controller.
 pub fn cs(stack: &Stack) -> cks_fixtures::cs::Cs {
     let keys = stack.sim.user_keys();
