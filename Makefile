@@ -23,11 +23,13 @@ build: deps
 ## the tests, whether they passed or not; make test fails when cargo test fails.
 test: deps agent-static
 	$(CARGO) build --workspace --bins
-	@rm -f target/tmp/crash-matrix.txt
+	@rm -f target/tmp/crash-matrix.txt target/tmp/fault-matrix.txt
 	@status=0; \
 	echo "$(CARGO) test --workspace --all-targets"; \
 	$(CARGO) test --workspace --all-targets || status=$$?; \
-	if [ -f target/tmp/crash-matrix.txt ]; then cat target/tmp/crash-matrix.txt; fi; \
+	for matrix in target/tmp/crash-matrix.txt target/tmp/fault-matrix.txt; do \
+	  if [ -f $$matrix ]; then cat $$matrix; fi; \
+	done; \
 	exit $$status
 
 ## make vm-assets: QEMU (unpacked from Debian's debs, never apt-installed), a Debian kernel with

@@ -74,6 +74,15 @@ pub const UPGRADE_RETRIES: &str = "cloud.kubernetes.cluster.upgrade.retries";
 pub const EXPERIMENTAL_FEATURES: &str = "cloud.kubernetes.cluster.experimental.features.enabled";
 /// `cloud.kubernetes.cluster.max.size`.
 pub const MAX_SIZE: &str = "cloud.kubernetes.cluster.max.size";
+/// `cloud.kubernetes.control.node.install.attempt.wait.duration`.
+pub const CONTROL_INSTALL_WAIT: &str =
+    "cloud.kubernetes.control.node.install.attempt.wait.duration";
+/// `cloud.kubernetes.control.node.install.reattempt.count`.
+pub const CONTROL_INSTALL_ATTEMPTS: &str = "cloud.kubernetes.control.node.install.reattempt.count";
+/// `cloud.kubernetes.worker.node.install.attempt.wait.duration`.
+pub const WORKER_INSTALL_WAIT: &str = "cloud.kubernetes.worker.node.install.attempt.wait.duration";
+/// `cloud.kubernetes.worker.node.install.reattempt.count`.
+pub const WORKER_INSTALL_ATTEMPTS: &str = "cloud.kubernetes.worker.node.install.reattempt.count";
 
 /// Every setting the controller answers for, in CKS's order.
 pub const DEFINITIONS: &[Definition] = &[
@@ -139,7 +148,8 @@ pub const DEFINITIONS: &[Definition] = &[
         scope: Scope::Global,
         dynamic: true,
         description: "Timeout interval (in seconds) in which an external node(VM / baremetal \
-                      host) addition to a cluster should be completed",
+                      host) addition to a cluster should be completed. No effect here: \
+                      external nodes (addNodesToKubernetesCluster) are not served yet",
     },
     Definition {
         name: "cloud.kubernetes.cluster.remove.node.timeout",
@@ -148,7 +158,8 @@ pub const DEFINITIONS: &[Definition] = &[
         scope: Scope::Global,
         dynamic: true,
         description: "Timeout interval (in seconds) in which an external node(VM / baremetal \
-                      host) removal from a cluster should be completed",
+                      host) removal from a cluster should be completed. No effect here: \
+                      external nodes (removeNodesFromKubernetesCluster) are not served yet",
     },
     Definition {
         name: EXPERIMENTAL_FEATURES,
@@ -168,37 +179,42 @@ pub const DEFINITIONS: &[Definition] = &[
         description: "Maximum size of the kubernetes cluster",
     },
     Definition {
-        name: "cloud.kubernetes.control.node.install.attempt.wait.duration",
+        name: CONTROL_INSTALL_WAIT,
         kind: Kind::Integer,
         default: "15",
         scope: Scope::Global,
         dynamic: true,
-        description: "Control nodes: seconds between two looks for the binaries ISO (the agent \
-                      waits with backoff, bounded by the reattempt count times this)",
+        description: "Control nodes: seconds between two looks for the binaries ISO. Here the \
+                      agent looks with backoff; this times the reattempt count is how long a \
+                      control node waits for the ISO before it reports failure (set in the \
+                      node's userdata when it is deployed)",
     },
     Definition {
-        name: "cloud.kubernetes.control.node.install.reattempt.count",
+        name: CONTROL_INSTALL_ATTEMPTS,
         kind: Kind::Integer,
         default: "100",
         scope: Scope::Global,
         dynamic: true,
-        description: "Control nodes: how many looks for the binaries ISO",
+        description: "Control nodes: how many looks for the binaries ISO (see the wait \
+                      duration: together they bound a control node's wait for the ISO)",
     },
     Definition {
-        name: "cloud.kubernetes.worker.node.install.attempt.wait.duration",
+        name: WORKER_INSTALL_WAIT,
         kind: Kind::Integer,
         default: "30",
         scope: Scope::Global,
         dynamic: true,
-        description: "Workers: seconds between two looks for the binaries ISO",
+        description: "Workers: seconds between two looks for the binaries ISO; this times the \
+                      reattempt count is how long a worker waits for the ISO (set in the node's \
+                      userdata when it is deployed)",
     },
     Definition {
-        name: "cloud.kubernetes.worker.node.install.reattempt.count",
+        name: WORKER_INSTALL_ATTEMPTS,
         kind: Kind::Integer,
         default: "40",
         scope: Scope::Global,
         dynamic: true,
-        description: "Workers: how many looks for the binaries ISO",
+        description: "Workers: how many looks for the binaries ISO (see the wait duration)",
     },
     Definition {
         name: "cloud.kubernetes.etcd.node.start.port",
@@ -206,7 +222,8 @@ pub const DEFINITIONS: &[Definition] = &[
         default: "50000",
         scope: Scope::Global,
         dynamic: true,
-        description: "Start port for Port forwarding rules for etcd nodes",
+        description: "Start port for Port forwarding rules for etcd nodes. No effect here: \
+                      dedicated etcd nodes are not served yet",
     },
 ];
 

@@ -38,6 +38,10 @@ pub struct NodeBootstrap {
     pub node_name: String,
     /// `control-plane` or `worker` (a hint for people reading the file; the certificate decides).
     pub role: String,
+    /// How long the agent looks for the binaries ISO before it reports failure (CKS's
+    /// `…install.attempt.wait.duration` × `…install.reattempt.count` for the node's role);
+    /// `None` leaves the agent's default.
+    pub discovery_timeout_seconds: Option<u64>,
 }
 
 impl std::fmt::Debug for NodeBootstrap {
@@ -48,12 +52,15 @@ impl std::fmt::Debug for NodeBootstrap {
             .field("enrollment_token", &"<redacted>")
             .field("node_name", &self.node_name)
             .field("role", &self.role)
+            .field("discovery_timeout_seconds", &self.discovery_timeout_seconds)
             .finish()
     }
 }
 
 #[derive(Serialize)]
 struct AgentConfigFile<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    discovery_timeout_seconds: Option<u64>,
     controller: ControllerTable<'a>,
 }
 
@@ -70,6 +77,7 @@ impl NodeBootstrap {
     /// The agent's `config.toml`.
     pub fn agent_config(&self) -> String {
         let file = AgentConfigFile {
+            discovery_timeout_seconds: self.discovery_timeout_seconds,
             controller: ControllerTable {
                 addresses: &self.addresses,
                 ca_fingerprint: &self.ca_fingerprint,
@@ -121,6 +129,7 @@ mod tests {
 
     fn bootstrap() -> NodeBootstrap {
         NodeBootstrap {
+            discovery_timeout_seconds: Some(1500),
             addresses: vec!["10.1.1.1:9443".into(), "cks.example:9443".into()],
             ca_fingerprint: format!("sha256:{}", "ab".repeat(32)),
             enrollment_token: "tok\"en'with\nodd chars".into(),
@@ -131,6 +140,7 @@ mod tests {
 
     #[derive(serde::Deserialize)]
     struct Parsed {
+        discovery_timeout_seconds: Option<u64>,
         controller: ParsedController,
     }
 
@@ -157,6 +167,7 @@ mod tests {
         assert_eq!(parsed.controller.addresses, b.addresses);
         assert_eq!(parsed.controller.enrollment_token, b.enrollment_token);
         assert_eq!(parsed.controller.node_name, b.node_name);
+        assert_eq!(parsed.discovery_timeout_seconds, Some(1500));
         assert!(text.len() < USERDATA_LIMIT / 4);
         assert!(!format!("{b:?}").contains(&b.enrollment_token));
     }

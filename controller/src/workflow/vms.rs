@@ -9,6 +9,9 @@ use super::step::{StepCtx, StepError};
 use crate::cloud::DeployRequest;
 use crate::cloudstack::types::VmState;
 use crate::pki::NodeIdentity;
+use crate::settings::{
+    CONTROL_INSTALL_ATTEMPTS, CONTROL_INSTALL_WAIT, WORKER_INSTALL_ATTEMPTS, WORKER_INSTALL_WAIT,
+};
 use crate::store::{ClusterRecord, NodeRecord, NodeRole};
 use crate::userdata::{NodeBootstrap, TemplateKind};
 
@@ -114,7 +117,17 @@ fn userdata(sc: &StepCtx<'_>, node: &NodeRecord) -> String {
         },
         sc.ctx.nodes.enrollment_ttl,
     );
+    let (wait, attempts) = match node.role {
+        NodeRole::Control => (CONTROL_INSTALL_WAIT, CONTROL_INSTALL_ATTEMPTS),
+        NodeRole::Worker => (WORKER_INSTALL_WAIT, WORKER_INSTALL_ATTEMPTS),
+    };
+    let settings = &sc.ctx.settings;
+    let discovery = settings
+        .number(wait, None)
+        .saturating_mul(settings.number(attempts, None))
+        .max(1);
     NodeBootstrap {
+        discovery_timeout_seconds: Some(discovery),
         addresses: sc.ctx.nodes.agent_addresses.clone(),
         ca_fingerprint: sc.ctx.agents.ca_fingerprint(),
         enrollment_token: token,

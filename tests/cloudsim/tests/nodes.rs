@@ -134,6 +134,7 @@ impl Controller {
             Duration::from_secs(600),
         );
         let bootstrap = NodeBootstrap {
+            discovery_timeout_seconds: None,
             addresses: vec![self.addr.to_string()],
             ca_fingerprint: self.ca.fingerprint(),
             enrollment_token: token,

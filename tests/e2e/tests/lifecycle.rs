@@ -101,6 +101,46 @@ async fn a_cluster_scales_from_one_worker_to_two_and_back_with_the_cs_client() {
         "one VM per node, none twice"
     );
 
+    // A bigger offering for every node of the stopped cluster, stopped and started with cs.
+    let stopped = cs
+        .ok(true, &["stopKubernetesCluster", &format!("id={id}")])
+        .await;
+    assert_eq!(stopped["success"], true, "{stopped:#}");
+    let offerings = stack.user.call("listServiceOfferings", &[]).await.unwrap();
+    let large = offerings["serviceoffering"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["cpunumber"] == 4)
+        .and_then(|o| o["id"].as_str())
+        .unwrap()
+        .to_string();
+    let resized = cs
+        .ok(
+            true,
+            &[
+                "scaleKubernetesCluster",
+                &format!("id={id}"),
+                &format!("serviceofferingid={large}"),
+            ],
+        )
+        .await;
+    let cluster = &resized["kubernetescluster"];
+    assert_eq!(cluster["state"], "Stopped", "{resized:#}");
+    assert_eq!(cluster["serviceofferingid"], large.as_str());
+    assert_eq!(cluster["cpunumber"], "8", "two nodes of 4 vCPUs");
+    for vm in cluster["virtualmachines"].as_array().unwrap() {
+        assert_eq!(vm["serviceofferingid"], large.as_str(), "{vm:#}");
+    }
+    let started = cs
+        .ok(true, &["startKubernetesCluster", &format!("id={id}")])
+        .await;
+    assert_eq!(
+        started["kubernetescluster"]["state"], "Running",
+        "{started:#}"
+    );
+    assert_eq!(ready(&stack, &id).await.len(), 2);
+
     // CKS's refusals: nothing asked, all workers removed.
     let (ok, _, text) = cs
         .run(false, &["scaleKubernetesCluster", &format!("id={id}")])
@@ -198,6 +238,92 @@ async fn an_ha_cluster_upgrades_one_node_at_a_time_with_the_cs_client() {
         .await;
     assert!(!ok && text.contains("can not be downgraded"), "{text}");
 
+    delete_and_check_nothing_is_left(&stack, &id).await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scale_whose_new_worker_never_boots_is_rolled_back_and_the_cluster_ends_in_alert() {
+    let Some((_serial, stack)) = start("failed scale rolled back").await else {
+        return;
+    };
+    let cluster = create(&stack, &[("name", "rollback"), ("size", "1")]).await;
+    let id = cluster["id"].as_str().unwrap().to_string();
+    let before = vm_ids(&cluster);
+    stack
+        .admin
+        .call(
+            "updateConfiguration",
+            &[
+                ("name", "cloud.kubernetes.cluster.scale.timeout"),
+                ("value", "40"),
+            ],
+        )
+        .await
+        .unwrap();
+    // Every VM started from now on hangs at boot: the new worker never reaches its agent.
+    stack.sim.set_faults(cloudsim::faults::FaultConfig {
+        never_boot: Some(cloudsim::faults::NeverBoot {
+            rate: 1.0,
+            name_pattern: None,
+        }),
+        ..cloudsim::faults::FaultConfig::default()
+    });
+    let job = stack
+        .user
+        .submit("scaleKubernetesCluster", &[("id", &id), ("size", "2")])
+        .await
+        .unwrap();
+    let err = stack
+        .wait_job(&stack.user, &job.job_id, CREATE_TIMEOUT)
+        .await
+        .expect_err("the scale must fail");
+    stack
+        .sim
+        .set_faults(cloudsim::faults::FaultConfig::default());
+    assert!(err.to_string().contains("timed out in step"), "{err}");
+    let cluster = listed(&stack, &id).await;
+    assert_eq!(cluster["state"], "Alert", "{cluster:#}");
+    assert_eq!(cluster["size"], 1);
+    assert!(
+        cluster["failure"]
+            .as_str()
+            .unwrap()
+            .contains("timed out in step"),
+        "{cluster:#}"
+    );
+    let steps: Vec<(&str, &str)> = cluster["progress"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert!(steps.contains(&("roll-back", "Done")), "{steps:?}");
+    // The worker it added is gone from CloudStack; the cluster is as it was.
+    assert_eq!(vm_ids(&cluster), before);
+    let vms = stack
+        .admin
+        .call("listVirtualMachines", &[("listall", "true")])
+        .await
+        .unwrap();
+    assert_eq!(vms["count"], 2, "{vms:#}");
+    assert_eq!(ready(&stack, &id).await.len(), 2);
+
+    // Unlike CKS (apache/cloudstack#11166), a cluster in Alert can be scaled again.
+    stack
+        .admin
+        .call(
+            "updateConfiguration",
+            &[
+                ("name", "cloud.kubernetes.cluster.scale.timeout"),
+                ("value", "3600"),
+            ],
+        )
+        .await
+        .unwrap();
+    let again = operate_with(&stack, "scaleKubernetesCluster", &id, &[("size", "2")]).await;
+    assert_eq!(again["kubernetescluster"]["state"], "Running", "{again:#}");
+    assert_eq!(ready(&stack, &id).await.len(), 3);
     delete_and_check_nothing_is_left(&stack, &id).await;
     stack.stop().await;
 }

@@ -136,6 +136,14 @@ pub async fn delete_and_check_nothing_is_left(stack: &Stack, id: &str) {
 }
 
 /// Runs a cluster operation as the user and returns the job's result.
+pub async fn operate_with(stack: &Stack, command: &str, id: &str, extra: &[(&str, &str)]) -> Value {
+    let mut params = vec![("id", id)];
+    params.extend_from_slice(extra);
+    let job = stack.user.submit(command, &params).await.unwrap();
+    finished(stack, command, id, &job.job_id).await
+}
+
+/// Runs a cluster operation as the user and returns the job's result.
 pub async fn operate(stack: &Stack, command: &str, id: &str) -> Value {
     let job = stack.user.submit(command, &[("id", id)]).await.unwrap();
     finished(stack, command, id, &job.job_id).await
