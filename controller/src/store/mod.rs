@@ -181,24 +181,27 @@ impl ClusterState {
         }
     }
 
+    /// Every state, in CKS's order.
+    pub const ALL: [ClusterState; 13] = [
+        ClusterState::Created,
+        ClusterState::Starting,
+        ClusterState::Running,
+        ClusterState::Stopping,
+        ClusterState::Stopped,
+        ClusterState::Scaling,
+        ClusterState::ScalingStoppedCluster,
+        ClusterState::Upgrading,
+        ClusterState::Alert,
+        ClusterState::Recovering,
+        ClusterState::Destroying,
+        ClusterState::Destroyed,
+        ClusterState::Error,
+    ];
+
     /// Parses a CKS state name (case-insensitive, as CloudStack's list filters are).
     pub fn parse(text: &str) -> Option<Self> {
-        const ALL: [ClusterState; 13] = [
-            ClusterState::Created,
-            ClusterState::Starting,
-            ClusterState::Running,
-            ClusterState::Stopping,
-            ClusterState::Stopped,
-            ClusterState::Scaling,
-            ClusterState::ScalingStoppedCluster,
-            ClusterState::Upgrading,
-            ClusterState::Alert,
-            ClusterState::Recovering,
-            ClusterState::Destroying,
-            ClusterState::Destroyed,
-            ClusterState::Error,
-        ];
-        ALL.into_iter()
+        Self::ALL
+            .into_iter()
             .find(|state| state.as_str().eq_ignore_ascii_case(text))
     }
 }
@@ -283,6 +286,45 @@ pub struct ClusterRecord {
     pub failure: Option<String>,
     /// Creation time.
     pub created: UnixTime,
+}
+
+#[cfg(test)]
+impl ClusterRecord {
+    /// A cluster for unit tests: `id`, named `web`, 1 control node and `size` workers, in
+    /// `state`, on an isolated network made for it.
+    pub fn for_tests(id: &str, state: ClusterState, control_nodes: u32, size: u32) -> Self {
+        ClusterRecord {
+            id: id.into(),
+            name: "web".into(),
+            description: String::new(),
+            zone_id: "z".into(),
+            version_id: "v133".into(),
+            service_offering_id: "o".into(),
+            template_id: "t".into(),
+            owner: Owner {
+                account: "a".into(),
+                account_id: "a".into(),
+                domain_id: "d".into(),
+                domain: "ROOT".into(),
+                user_id: "u".into(),
+            },
+            control_nodes,
+            size,
+            node_root_disk_size: None,
+            keypair: None,
+            network_id: Some("net".into()),
+            network_created: true,
+            network_type: Some("Isolated".into()),
+            external_lb_ip: None,
+            public_ip_id: None,
+            server_ip: Some("203.0.113.5".into()),
+            endpoint: None,
+            registry: None,
+            state,
+            failure: None,
+            created: 0,
+        }
+    }
 }
 
 /// The role of a node.

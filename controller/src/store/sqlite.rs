@@ -600,40 +600,10 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NodeRole, Owner, Step, StepStatus, WorkflowKind};
+    use crate::store::{NodeRole, Step, StepStatus, WorkflowKind};
 
     fn cluster(id: &str) -> ClusterRecord {
-        ClusterRecord {
-            id: id.into(),
-            name: "c".into(),
-            description: String::new(),
-            zone_id: "z".into(),
-            version_id: "v".into(),
-            service_offering_id: "o".into(),
-            template_id: "t".into(),
-            owner: Owner {
-                account: "admin".into(),
-                account_id: "a".into(),
-                domain_id: "d".into(),
-                domain: "ROOT".into(),
-                user_id: "u".into(),
-            },
-            control_nodes: 1,
-            size: 1,
-            node_root_disk_size: None,
-            keypair: None,
-            network_id: None,
-            network_created: false,
-            network_type: None,
-            external_lb_ip: None,
-            public_ip_id: None,
-            server_ip: None,
-            endpoint: None,
-            registry: None,
-            state: ClusterState::Created,
-            failure: None,
-            created: 1,
-        }
+        ClusterRecord::for_tests(id, ClusterState::Created, 1, 1)
     }
 
     #[test]

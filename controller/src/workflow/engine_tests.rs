@@ -23,7 +23,7 @@ use crate::jobs::Jobs;
 use crate::pki::NodeIdentity;
 use crate::seal::Sealer;
 use crate::settings::{Settings, UPGRADE_RETRIES};
-use crate::store::{JobStatus, NodeRole, Owner, SqliteStore, StepRecord, Store, UpgradeParams};
+use crate::store::{JobStatus, NodeRole, SqliteStore, StepRecord, Store, UpgradeParams};
 
 /// How the scripted agents answer.
 #[derive(Default)]
@@ -223,36 +223,19 @@ fn fixture(script: Script) -> Fixture {
 }
 
 fn cluster(state: ClusterState) -> ClusterRecord {
-    ClusterRecord {
-        id: "c1".into(),
-        name: "web".into(),
-        description: String::new(),
-        zone_id: "z".into(),
-        version_id: "v133".into(),
-        service_offering_id: "o".into(),
-        template_id: "t".into(),
-        owner: Owner {
-            account: "a".into(),
-            account_id: "a".into(),
-            domain_id: "d".into(),
-            domain: "ROOT".into(),
-            user_id: "u".into(),
-        },
-        control_nodes: 1,
-        size: 2,
-        node_root_disk_size: None,
-        keypair: None,
-        network_id: Some("net".into()),
-        network_created: true,
-        network_type: Some("Isolated".into()),
-        external_lb_ip: None,
-        public_ip_id: None,
-        server_ip: Some("203.0.113.5".into()),
-        endpoint: None,
-        registry: None,
-        state,
-        failure: None,
-        created: 0,
+    ClusterRecord::for_tests("c1", state, 1, 2)
+}
+
+fn caller() -> crate::cloudstack::Caller {
+    crate::cloudstack::Caller {
+        user_id: "u".into(),
+        username: "user".into(),
+        account: "a".into(),
+        account_id: "a".into(),
+        domain_id: "d".into(),
+        role_type: crate::cloudstack::RoleType::User,
+        api_key: "k".into(),
+        secret_key: crate::cloudstack::SecretKey::new("s".to_string()),
     }
 }
 
@@ -298,16 +281,7 @@ fn running(
             updated: 0,
         })
         .collect();
-    let caller = crate::cloudstack::Caller {
-        user_id: "u".into(),
-        username: "user".into(),
-        account: "a".into(),
-        account_id: "a".into(),
-        domain_id: "d".into(),
-        role_type: crate::cloudstack::RoleType::User,
-        api_key: "k".into(),
-        secret_key: crate::cloudstack::SecretKey::new("s".to_string()),
-    };
+    let caller = caller();
     let (command, cmd) = job_spec(kind);
     let job = jobs::pending(
         &caller,
@@ -589,16 +563,7 @@ async fn a_delete_cancels_the_running_operation_and_fails_its_job_saying_so() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cluster = f.ctx.store.cluster("c1").unwrap().unwrap();
-    let caller = crate::cloudstack::Caller {
-        user_id: "u".into(),
-        username: "user".into(),
-        account: "a".into(),
-        account_id: "a".into(),
-        domain_id: "d".into(),
-        role_type: crate::cloudstack::RoleType::User,
-        api_key: "k".into(),
-        secret_key: crate::cloudstack::SecretKey::new("s".to_string()),
-    };
+    let caller = caller();
     let job = engine
         .start(
             &caller,
@@ -655,16 +620,7 @@ async fn an_operation_that_lost_the_race_records_nothing() {
         .unwrap();
     stale.state = ClusterState::Running;
     let (engine, _shutdown) = engine(&f);
-    let caller = crate::cloudstack::Caller {
-        user_id: "u".into(),
-        username: "user".into(),
-        account: "a".into(),
-        account_id: "a".into(),
-        domain_id: "d".into(),
-        role_type: crate::cloudstack::RoleType::User,
-        api_key: "k".into(),
-        secret_key: crate::cloudstack::SecretKey::new("s".to_string()),
-    };
+    let caller = caller();
     let err = engine
         .start(
             &caller,

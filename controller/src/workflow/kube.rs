@@ -7,8 +7,8 @@ use std::time::Duration;
 use cks_proto::agent::command::Kind;
 use cks_proto::agent::command_result::Payload;
 use cks_proto::agent::{
-    Command, ConfigureRegistry, CreateJoinMaterial, GetNodes, JoinControlPlane, JoinMaterial,
-    JoinWorker, KubeNode,
+    Command, ConfigureRegistry, CreateJoinMaterial, Drain, GetNodes, JoinControlPlane,
+    JoinMaterial, JoinWorker, KubeNode, Uncordon,
 };
 use tracing::info;
 
@@ -202,6 +202,45 @@ pub async fn join_nodes(
         info!(node = %node.name, "node joined");
     }
     Ok(joining.len())
+}
+
+/// How long a node's pods get to stop when it is drained.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// How long a drain may take before it is reported as blocked (a PodDisruptionBudget that
+/// allows no eviction, a pod that never stops).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the controller waits for a drain's result: the drain's own bound, and a margin.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(DRAIN_TIMEOUT.as_secs() + 60);
+
+/// The command that cordons and drains `node_name` (run through a control node), bounded by
+/// [`DRAIN_TIMEOUT`]; the agent names a PodDisruptionBudget that blocks it.
+pub fn drain_command(node_name: &str) -> Kind {
+    Kind::Drain(Drain {
+        node_name: node_name.to_string(),
+        grace_seconds: u32::try_from(DRAIN_GRACE.as_secs()).unwrap_or(30),
+        timeout_seconds: u32::try_from(DRAIN_TIMEOUT.as_secs()).unwrap_or(300),
+    })
+}
+
+/// Puts `node` back in service (uncordon), through the control node `via`.
+///
+/// # Errors
+/// As [`send`].
+pub async fn uncordon(
+    sc: &StepCtx<'_>,
+    via: &NodeRecord,
+    node: &NodeRecord,
+) -> Result<(), StepError> {
+    send(
+        sc,
+        via,
+        &format!("uncordon:{}", node.name),
+        Kind::Uncordon(Uncordon {
+            node_name: node.name.clone(),
+        }),
+    )
+    .await
+    .map(drop)
 }
 
 /// The control plane's node list, asked of the first control node (one id per step run).

@@ -16,21 +16,18 @@
 use std::time::Duration;
 
 use cks_proto::agent::command::Kind;
-use cks_proto::agent::{DeleteNode, Drain, Reset, Uncordon};
+use cks_proto::agent::{DeleteNode, Reset};
 use tracing::{info, warn};
 
-use super::kube::{first_control, join_nodes, send, send_within, wait_ready};
+use super::kube::{
+    DRAIN_WAIT, drain_command, first_control, join_nodes, send, send_within, uncordon, wait_ready,
+};
 use super::step::{StepCtx, StepError};
 use super::vms::{deploy_nodes, destroy_vm, detach_iso, node_rules, plan_node};
 use crate::agents::NodeKey;
 use crate::cloudstack::types::VmState;
 use crate::store::{NodeRecord, NodeRole, ScaleParams, Step, WorkflowParams};
 
-/// How long a leaving node's pods get to stop when it is drained.
-const DRAIN_GRACE: Duration = Duration::from_secs(30);
-/// How long a drain may take before it is reported as blocked (a PodDisruptionBudget that
-/// allows no eviction, a pod that never stops).
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a leaving node's agent gets to run `kubeadm reset` (its VM is expunged next, so a
 /// node that does not answer is not waited for).
 const RESET_TIMEOUT: Duration = Duration::from_secs(120);
@@ -213,12 +210,8 @@ async fn drain(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     let mut drained = Vec::new();
     for node in &nodes {
         sc.report(&format!("{}: draining", node.name));
-        let command = Kind::Drain(Drain {
-            node_name: node.name.clone(),
-            grace_seconds: u32::try_from(DRAIN_GRACE.as_secs()).unwrap_or(30),
-            timeout_seconds: u32::try_from(DRAIN_TIMEOUT.as_secs()).unwrap_or(300),
-        });
-        let timeout = DRAIN_TIMEOUT + Duration::from_secs(60);
+        let command = drain_command(&node.name);
+        let timeout = DRAIN_WAIT;
         match send_within(
             sc,
             &first,
@@ -337,15 +330,7 @@ async fn roll_back(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     if !staying.is_empty() {
         let first = first_control(sc)?;
         for node in &staying {
-            send(
-                sc,
-                &first,
-                &format!("uncordon:{}", node.name),
-                Kind::Uncordon(Uncordon {
-                    node_name: node.name.clone(),
-                }),
-            )
-            .await?;
+            uncordon(sc, &first, node).await?;
         }
         let names: Vec<&str> = staying.iter().map(|n| n.name.as_str()).collect();
         done.push(format!("{} stay and were uncordoned", names.join(", ")));

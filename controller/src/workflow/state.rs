@@ -164,21 +164,7 @@ pub fn admit(state: ClusterState, kind: WorkflowKind, scale_down: bool) -> Admis
 mod tests {
     use super::*;
 
-    const ALL: [ClusterState; 13] = [
-        ClusterState::Created,
-        ClusterState::Starting,
-        ClusterState::Running,
-        ClusterState::Stopping,
-        ClusterState::Stopped,
-        ClusterState::Scaling,
-        ClusterState::ScalingStoppedCluster,
-        ClusterState::Upgrading,
-        ClusterState::Alert,
-        ClusterState::Recovering,
-        ClusterState::Destroying,
-        ClusterState::Destroyed,
-        ClusterState::Error,
-    ];
+    const ALL: [ClusterState; 13] = ClusterState::ALL;
 
     #[test]
     fn the_create_path_and_its_failures_follow_cks() {

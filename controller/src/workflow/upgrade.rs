@@ -20,19 +20,15 @@ use std::time::Duration;
 
 use cks_proto::agent::command::Kind;
 use cks_proto::agent::command_result::Payload;
-use cks_proto::agent::{CheckHealth, Drain, Uncordon, Upgrade};
+use cks_proto::agent::{CheckHealth, Upgrade};
 use tracing::info;
 
-use super::kube::{first_control, send, send_within};
+use super::kube::{DRAIN_WAIT, drain_command, first_control, send, send_within, uncordon};
 use super::step::{POLL_DELAY, StepCtx, StepError};
 use super::vms::{attach_iso, detach_iso};
 use crate::settings::UPGRADE_RETRIES;
 use crate::store::{NodeRecord, NodeRole, Step, UpgradeParams, WorkflowParams};
 
-/// How long a node's pods get to stop when it is drained for its upgrade.
-const DRAIN_GRACE: Duration = Duration::from_secs(30);
-/// How long one drain may take.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the health gate waits for a node after its upgrade.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -150,12 +146,8 @@ async fn upgrade_nodes(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
             (
                 first.clone(),
                 format!("drain:{}:{attempt}", node.name),
-                Kind::Drain(Drain {
-                    node_name: node.name.clone(),
-                    grace_seconds: u32::try_from(DRAIN_GRACE.as_secs()).unwrap_or(30),
-                    timeout_seconds: u32::try_from(DRAIN_TIMEOUT.as_secs()).unwrap_or(300),
-                }),
-                DRAIN_TIMEOUT + Duration::from_secs(60),
+                drain_command(&node.name),
+                DRAIN_WAIT,
             )
         })
         .await?;
@@ -188,16 +180,9 @@ async fn upgrade_nodes(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
         }
 
         sc.report(&format!("{position}: uncordoning"));
-        send(
-            sc,
-            &first,
-            &format!("uncordon:{}", node.name),
-            Kind::Uncordon(Uncordon {
-                node_name: node.name.clone(),
-            }),
-        )
-        .await
-        .map_err(|e| failed(node, Phase::Uncordon, e))?;
+        uncordon(sc, &first, node)
+            .await
+            .map_err(|e| failed(node, Phase::Uncordon, e))?;
 
         sc.report(&format!("{position}: health gate"));
         health_gate(sc, &first, node, &want).await?;

@@ -434,40 +434,10 @@ pub async fn scale(api: &Api, caller: &Caller, params: &Params) -> Result<Reply,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Owner, VersionState};
+    use crate::store::VersionState;
 
     fn cluster(state: ClusterState, control: u32, size: u32) -> (ClusterRecord, Vec<NodeRecord>) {
-        let cluster = ClusterRecord {
-            id: "c".into(),
-            name: "web".into(),
-            description: String::new(),
-            zone_id: "z".into(),
-            version_id: "v".into(),
-            service_offering_id: "o".into(),
-            template_id: "t".into(),
-            owner: Owner {
-                account: "a".into(),
-                account_id: "a".into(),
-                domain_id: "d".into(),
-                domain: "ROOT".into(),
-                user_id: "u".into(),
-            },
-            control_nodes: control,
-            size,
-            node_root_disk_size: None,
-            keypair: None,
-            network_id: None,
-            network_created: false,
-            network_type: None,
-            external_lb_ip: None,
-            public_ip_id: None,
-            server_ip: None,
-            endpoint: None,
-            registry: None,
-            state,
-            failure: None,
-            created: 0,
-        };
+        let cluster = ClusterRecord::for_tests("c", state, control, size);
         let nodes = (0..control + size)
             .map(|i| NodeRecord {
                 cluster_id: "c".into(),
