@@ -158,11 +158,20 @@ pub async fn join_nodes(
             joining.len(),
             node.name
         ));
+        // The material expires: make it only once the node's agent is there to use it (a VM
+        // may take long to boot), and afresh on each run of the step (a resumed run may come
+        // after it expired). The join itself keeps one id, so a node never joins twice.
+        if !sc.ctx.agents.status(&key(sc, &node)).connected {
+            return Err(StepError::not_yet(format!(
+                "waiting for the agent of {} to connect",
+                node.name
+            )));
+        }
         configure_registry(sc, &node).await?;
         let material = send(
             sc,
             &first,
-            &format!("material:{}", node.name),
+            &format!("material:{}:{}", node.name, sc.attempt()),
             Kind::CreateJoinMaterial(CreateJoinMaterial {
                 ttl_seconds: u32::try_from(JOIN_MATERIAL_TTL.as_secs()).unwrap_or(900),
                 for_control_plane: role == NodeRole::Control,
