@@ -17,7 +17,17 @@ async fn a_cluster_scales_from_one_worker_to_two_and_back_with_the_cs_client() {
     let Some((_serial, stack)) = start("scale end to end").await else {
         return;
     };
+    // CloudStack scales running VMs only when this was on when they were deployed.
+    stack
+        .admin
+        .call(
+            "updateConfiguration",
+            &[("name", "enable.dynamic.scale.vm"), ("value", "true")],
+        )
+        .await
+        .unwrap();
     let cluster = create(&stack, &[("name", "scaler"), ("size", "1")]).await;
+    let medium = cluster["serviceofferingid"].as_str().unwrap().to_string();
     let id = cluster["id"].as_str().unwrap().to_string();
     let before = vm_ids(&cluster);
     let cs = cs(&stack);
@@ -101,11 +111,9 @@ async fn a_cluster_scales_from_one_worker_to_two_and_back_with_the_cs_client() {
         "one VM per node, none twice"
     );
 
-    // A bigger offering for every node of the stopped cluster, stopped and started with cs.
-    let stopped = cs
-        .ok(true, &["stopKubernetesCluster", &format!("id={id}")])
-        .await;
-    assert_eq!(stopped["success"], true, "{stopped:#}");
+    // A bigger offering for every running node (scaleVirtualMachine, live), then back to the
+    // smaller one while the cluster is stopped (changeServiceForVirtualMachine): stop, scale and
+    // start all through cs.
     let offerings = stack.user.call("listServiceOfferings", &[]).await.unwrap();
     let large = offerings["serviceoffering"]
         .as_array()
@@ -115,22 +123,30 @@ async fn a_cluster_scales_from_one_worker_to_two_and_back_with_the_cs_client() {
         .and_then(|o| o["id"].as_str())
         .unwrap()
         .to_string();
-    let resized = cs
-        .ok(
-            true,
-            &[
-                "scaleKubernetesCluster",
-                &format!("id={id}"),
-                &format!("serviceofferingid={large}"),
-            ],
-        )
-        .await;
-    let cluster = &resized["kubernetescluster"];
-    assert_eq!(cluster["state"], "Stopped", "{resized:#}");
-    assert_eq!(cluster["serviceofferingid"], large.as_str());
-    assert_eq!(cluster["cpunumber"], "8", "two nodes of 4 vCPUs");
-    for vm in cluster["virtualmachines"].as_array().unwrap() {
-        assert_eq!(vm["serviceofferingid"], large.as_str(), "{vm:#}");
+    for (offering, state, cpus) in [(&large, "Running", "8"), (&medium, "Stopped", "4")] {
+        if state == "Stopped" {
+            let stopped = cs
+                .ok(true, &["stopKubernetesCluster", &format!("id={id}")])
+                .await;
+            assert_eq!(stopped["success"], true, "{stopped:#}");
+        }
+        let resized = cs
+            .ok(
+                true,
+                &[
+                    "scaleKubernetesCluster",
+                    &format!("id={id}"),
+                    &format!("serviceofferingid={offering}"),
+                ],
+            )
+            .await;
+        let cluster = &resized["kubernetescluster"];
+        assert_eq!(cluster["state"], state, "{resized:#}");
+        assert_eq!(cluster["serviceofferingid"], offering.as_str());
+        assert_eq!(cluster["cpunumber"], cpus, "{cluster:#}");
+        for vm in cluster["virtualmachines"].as_array().unwrap() {
+            assert_eq!(vm["serviceofferingid"], offering.as_str(), "{vm:#}");
+        }
     }
     let started = cs
         .ok(true, &["startKubernetesCluster", &format!("id={id}")])

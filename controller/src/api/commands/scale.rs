@@ -336,6 +336,15 @@ async fn check_live_scaling(
                 cluster.name
             )));
         }
+        if vm.get("isdynamicallyscalable").and_then(Value::as_bool) == Some(false) {
+            return Err(ApiError::internal(format!(
+                "Kubernetes cluster : {} cannot change the offering of its running VMs: VM {} is \
+                 not dynamically scalable (it was deployed while CloudStack's \
+                 enable.dynamic.scale.vm was false). Stop the cluster first",
+                cluster.name,
+                vm.get("name").and_then(Value::as_str).unwrap_or_default()
+            )));
+        }
     }
     let dynamic = api
         .ctx
