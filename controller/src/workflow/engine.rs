@@ -260,9 +260,13 @@ impl Engine {
                 });
             }
             Admission::UnderWay => {
+                // Asking again for what runs answers with its job; a scale or upgrade that asks
+                // for something else than the one under way is refused, as CKS refuses it.
                 return match ctx.store.latest_workflow(&cluster.id)? {
                     Some(w)
-                        if w.status == WorkflowStatus::Running && same_operation(w.kind, kind) =>
+                        if w.status == WorkflowStatus::Running
+                            && same_operation(w.kind, kind)
+                            && (w.kind != kind || w.params == operation.params) =>
                     {
                         Ok(w.job_id)
                     }
@@ -320,27 +324,24 @@ impl Engine {
             None => None,
         };
         // A new cluster is recorded directly in its operation's state.
-        let new_cluster = match target {
-            Target::New(cluster, _) => Some(ClusterRecord {
-                state: during,
-                ..cluster.clone()
-            }),
-            Target::Existing(_) => None,
+        let new_cluster = ClusterRecord {
+            state: during,
+            ..cluster.clone()
         };
-        let begin = Begin {
-            cluster: match (&new_cluster, target) {
-                (Some(cluster), _) => BeginCluster::New(cluster),
-                (None, Target::New(cluster, _)) => BeginCluster::New(cluster),
-                (None, Target::Existing(cluster)) => BeginCluster::Transition {
+        let (begin_cluster, secrets) = match target {
+            Target::New(_, secrets) => (BeginCluster::New(&new_cluster), secrets),
+            Target::Existing(cluster) => (
+                BeginCluster::Transition {
                     id: &cluster.id,
                     from: cluster.state,
                     to: during,
                 },
-            },
-            secrets: match target {
-                Target::New(_, secrets) => secrets,
-                Target::Existing(_) => &[],
-            },
+                &[][..],
+            ),
+        };
+        let begin = Begin {
+            cluster: begin_cluster,
+            secrets,
             job: &job,
             workflow: &workflow,
             cancels: replaced

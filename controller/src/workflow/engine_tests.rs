@@ -633,3 +633,56 @@ async fn an_operation_that_lost_the_race_records_nothing() {
     assert!(f.ctx.store.jobs().unwrap().is_empty());
     assert!(f.ctx.store.latest_workflow("c1").unwrap().is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn asking_again_for_the_running_scale_answers_with_its_job_and_another_scale_is_refused() {
+    let f = fixture(Script::default());
+    let params = WorkflowParams::Scale(crate::store::ScaleParams {
+        size: Some(3),
+        ..crate::store::ScaleParams::default()
+    });
+    let workflow = running(
+        &f,
+        ClusterState::Scaling,
+        WorkflowKind::Scale,
+        Step::DeployNodes,
+        params.clone(),
+    );
+    let (engine, _shutdown) = engine(&f);
+    let cluster = f.ctx.store.cluster("c1").unwrap().unwrap();
+    let same = engine
+        .start(
+            &caller(),
+            Target::Existing(&cluster),
+            Operation {
+                kind: WorkflowKind::Scale,
+                params,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(same, workflow.job_id);
+    let other = engine
+        .start(
+            &caller(),
+            Target::Existing(&cluster),
+            Operation {
+                kind: WorkflowKind::Scale,
+                params: WorkflowParams::Scale(crate::store::ScaleParams {
+                    size: Some(5),
+                    ..crate::store::ScaleParams::default()
+                }),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            other,
+            StartError::Refused {
+                state: ClusterState::Scaling
+            }
+        ),
+        "{other}"
+    );
+}
