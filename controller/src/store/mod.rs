@@ -625,6 +625,11 @@ pub struct ScaleParams {
     pub offering_id: Option<String>,
     /// The nodes to remove (names), chosen by the API from `nodeids` or as the newest workers.
     pub remove: Vec<String>,
+    /// The request as it was sent (`size`, `serviceofferingid`, `nodeids`): asking the same
+    /// again while this scale runs (a retry after a lost answer) gets its job, although the
+    /// plan derived from it has changed meanwhile (the workers it adds already exist).
+    #[serde(default)]
+    pub asked: Vec<(String, String)>,
 }
 
 /// What an upgrade was asked to do.

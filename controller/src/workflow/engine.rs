@@ -165,6 +165,16 @@ fn same_operation(running: WorkflowKind, asked: WorkflowKind) -> bool {
     running == asked || (running == WorkflowKind::Create && asked == WorkflowKind::Start)
 }
 
+/// True when two requests of the same kind ask for the same thing: a scale by what was sent
+/// (its plan changes as it runs), an upgrade by its target version.
+fn same_request(running: &WorkflowParams, asked: &WorkflowParams) -> bool {
+    match (running, asked) {
+        (WorkflowParams::Scale(a), WorkflowParams::Scale(b)) => a.asked == b.asked,
+        (WorkflowParams::Upgrade(a), WorkflowParams::Upgrade(b)) => a.version_id == b.version_id,
+        (a, b) => a == b,
+    }
+}
+
 fn timeout_setting(kind: WorkflowKind) -> &'static str {
     match kind {
         WorkflowKind::Scale => SCALE_TIMEOUT,
@@ -266,7 +276,7 @@ impl Engine {
                     Some(w)
                         if w.status == WorkflowStatus::Running
                             && same_operation(w.kind, kind)
-                            && (w.kind != kind || w.params == operation.params) =>
+                            && (w.kind != kind || same_request(&w.params, &operation.params)) =>
                     {
                         Ok(w.job_id)
                     }

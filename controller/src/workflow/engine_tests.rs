@@ -637,8 +637,10 @@ async fn an_operation_that_lost_the_race_records_nothing() {
 #[tokio::test(start_paused = true)]
 async fn asking_again_for_the_running_scale_answers_with_its_job_and_another_scale_is_refused() {
     let f = fixture(Script::default());
+    let asked = vec![("size".to_string(), "3".to_string())];
     let params = WorkflowParams::Scale(crate::store::ScaleParams {
         size: Some(3),
+        asked: asked.clone(),
         ..crate::store::ScaleParams::default()
     });
     let workflow = running(
@@ -646,17 +648,22 @@ async fn asking_again_for_the_running_scale_answers_with_its_job_and_another_sca
         ClusterState::Scaling,
         WorkflowKind::Scale,
         Step::DeployNodes,
-        params.clone(),
+        params,
     );
     let (engine, _shutdown) = engine(&f);
     let cluster = f.ctx.store.cluster("c1").unwrap().unwrap();
+    // Asked again after the scale planned its workers: the plan derived now differs (no size
+    // change left), what was asked does not.
     let same = engine
         .start(
             &caller(),
             Target::Existing(&cluster),
             Operation {
                 kind: WorkflowKind::Scale,
-                params,
+                params: WorkflowParams::Scale(crate::store::ScaleParams {
+                    asked,
+                    ..crate::store::ScaleParams::default()
+                }),
             },
         )
         .await
@@ -670,6 +677,7 @@ async fn asking_again_for_the_running_scale_answers_with_its_job_and_another_sca
                 kind: WorkflowKind::Scale,
                 params: WorkflowParams::Scale(crate::store::ScaleParams {
                     size: Some(5),
+                    asked: vec![("size".to_string(), "5".to_string())],
                     ..crate::store::ScaleParams::default()
                 }),
             },

@@ -47,6 +47,30 @@ pub struct ScaleRequest {
     pub max_size: Option<i64>,
 }
 
+impl ScaleRequest {
+    /// What was asked, as (parameter, value) pairs, in a fixed order (see
+    /// [`ScaleParams::asked`]).
+    pub fn asked(&self) -> Vec<(String, String)> {
+        let mut asked = Vec::new();
+        if let Some(size) = self.size {
+            asked.push(("size".to_string(), size.to_string()));
+        }
+        if let Some(offering) = &self.offering_id {
+            asked.push(("serviceofferingid".to_string(), offering.clone()));
+        }
+        for (node, offering) in &self.node_offerings {
+            asked.push((format!("nodeofferings.{node}"), offering.clone()));
+        }
+        if let Some(ids) = &self.node_ids {
+            asked.push(("nodeids".to_string(), ids.join(",")));
+        }
+        if let Some(enabled) = self.autoscaling {
+            asked.push(("autoscalingenabled".to_string(), enabled.to_string()));
+        }
+        asked
+    }
+}
+
 /// Reads the parameters (types only: every rule is in [`check`]).
 ///
 /// # Errors
@@ -242,6 +266,7 @@ pub fn check(
             size,
             offering_id,
             remove,
+            asked: request.asked(),
         },
     })
 }
