@@ -70,6 +70,16 @@ impl Cloud {
         }
     }
 
+    /// CloudStack as `caller` sees it: lookups signed with the caller's own keys, so that
+    /// every id a caller passes is resolved by CloudStack's own visibility rules (their
+    /// account, domain and role), never with the controller's admin view.
+    pub fn as_caller(&self, caller: &crate::cloudstack::Caller) -> Self {
+        Cloud {
+            client: self.client.with_keys(&caller.api_key, &caller.secret_key),
+            job_timeout: self.job_timeout,
+        }
+    }
+
     /// The client (for the API endpoint's proxy and identity lookups).
     pub fn client(&self) -> &CloudStackClient {
         &self.client
@@ -88,8 +98,9 @@ impl Cloud {
     ) -> Result<Option<T>, CloudStackError> {
         match self.client.list_all::<T>(params).await {
             Ok(items) => Ok(items.into_iter().next()),
-            // CloudStack answers a list by an id it does not know with 431: nothing found.
-            Err(err) if err.errorcode() == Some(431) => Ok(None),
+            // CloudStack answers a list by an id it does not know with 431, and a caller
+            // whose role may not list such things with 432 or 531: nothing found (for them).
+            Err(err) if matches!(err.errorcode(), Some(431 | 432 | 531)) => Ok(None),
             Err(err) => Err(err),
         }
     }

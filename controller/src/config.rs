@@ -22,6 +22,10 @@
 //! pod_cidr = "10.244.0.0/16"
 //! service_cidr = "10.96.0.0/12"
 //! enrollment_ttl_seconds = 3600
+//!
+//! [signatures]
+//! max_validity_seconds = 900               # longest `expires` ahead a request may carry
+//! allow_legacy = false                     # accept requests without signatureVersion=3
 //! ```
 
 use std::collections::HashMap;
@@ -65,6 +69,30 @@ pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
 /// Default service network.
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 
+/// Default longest `expires` a request may carry: CloudStack's own limit when it enforces
+/// timestamps; `cs` and CloudMonkey sign for 10 minutes.
+pub const DEFAULT_SIGNATURE_VALIDITY: Duration = Duration::from_secs(15 * 60);
+
+/// How the API checks request signatures (`[signatures]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignaturePolicy {
+    /// Requests whose `expires` is further ahead than this are refused
+    /// (`max_validity_seconds`, 60–86400, default 900).
+    pub max_validity: Duration,
+    /// Accept signatures without `signatureVersion=3` and `expires` (`allow_legacy`, default
+    /// false): such a request never expires, so a captured one works forever.
+    pub allow_legacy: bool,
+}
+
+impl Default for SignaturePolicy {
+    fn default() -> Self {
+        Self {
+            max_validity: DEFAULT_SIGNATURE_VALIDITY,
+            allow_legacy: false,
+        }
+    }
+}
+
 /// The configuration is unusable; every problem found is listed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -102,6 +130,15 @@ struct FileConfig {
     agents: AgentsSection,
     #[serde(default)]
     nodes: NodesSection,
+    #[serde(default)]
+    signatures: SignaturesSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignaturesSection {
+    max_validity_seconds: Option<u64>,
+    allow_legacy: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +197,8 @@ pub struct Config {
     pub service_cidr: String,
     /// Enrollment token lifetime.
     pub enrollment_ttl: Duration,
+    /// How the API checks request signatures.
+    pub signatures: SignaturePolicy,
     /// Tests only: the crash ledger that arms the crash points (environment only, never in a
     /// configuration file).
     pub crash_ledger: Option<PathBuf>,
@@ -301,6 +340,14 @@ impl Config {
         if ttl < 60 {
             problems.push("nodes.enrollment_ttl_seconds must be at least 60".to_string());
         }
+        let max_validity = file
+            .signatures
+            .max_validity_seconds
+            .unwrap_or(DEFAULT_SIGNATURE_VALIDITY.as_secs());
+        if !(60..=86_400).contains(&max_validity) {
+            problems
+                .push("signatures.max_validity_seconds must be between 60 and 86400".to_string());
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -343,6 +390,10 @@ impl Config {
                 .service_cidr
                 .unwrap_or_else(|| DEFAULT_SERVICE_CIDR.to_string()),
             enrollment_ttl: Duration::from_secs(ttl),
+            signatures: SignaturePolicy {
+                max_validity: Duration::from_secs(max_validity),
+                allow_legacy: file.signatures.allow_legacy.unwrap_or(false),
+            },
             crash_ledger: env.get(ENV_CRASH_LEDGER).map(PathBuf::from),
         })
     }

@@ -179,6 +179,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         ctx: ctx.clone(),
         identity,
         engine: engine.clone(),
+        signatures: config.signatures,
+        replays: Arc::new(crate::api::replay::ReplayCache::default()),
     };
     let api_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {

@@ -261,7 +261,6 @@ async fn an_offering_below_the_versions_minimum_is_refused() {
         .env
         .add_version("1.34.0", &[("mincpunumber", "4"), ("minmemory", "4096")])
         .await;
-    // add_version passes mincpunumber=2 first; the later value wins, as in CloudStack.
     let big = big["id"].as_str().unwrap();
     let offering = case.offering.clone();
     case.refuses(
@@ -444,10 +443,14 @@ async fn an_isolated_network_serves_one_cluster_only() {
         .submit("createKubernetesCluster", &pairs)
         .await
         .unwrap();
+    // Another cluster (a request that differs: the same signed request twice is a replay).
+    let mut second = pairs.clone();
+    second.retain(|(k, _)| *k != "name");
+    second.push(("name", "second"));
     let got = api_error(
         case.env
             .user
-            .submit("createKubernetesCluster", &pairs)
+            .submit("createKubernetesCluster", &second)
             .await
             .map(|j| serde_json::json!(j.job_id)),
         431,

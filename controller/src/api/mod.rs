@@ -18,6 +18,7 @@
 pub mod commands;
 pub mod error;
 pub mod params;
+pub mod replay;
 pub mod results;
 
 use std::net::SocketAddr;
@@ -34,9 +35,11 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use self::error::ApiError;
-use self::params::{Params, parse_form};
+use self::params::{Params, parse_request};
+use self::replay::{Replay, ReplayCache};
 use crate::cloudstack::identity::IdentityError;
 use crate::cloudstack::{Caller, IdentityResolver, sign};
+use crate::config::SignaturePolicy;
 use crate::context::Context;
 use crate::workflow::Engine;
 
@@ -76,6 +79,10 @@ pub struct Api {
     pub identity: Arc<IdentityResolver>,
     /// Runs the workflows the commands start.
     pub engine: Engine,
+    /// How signatures are checked.
+    pub signatures: SignaturePolicy,
+    /// State-changing signed requests already accepted.
+    pub replays: Arc<ReplayCache>,
 }
 
 /// The HTTP router (`/client/api`).
@@ -135,13 +142,6 @@ fn error_response(command: &str, err: &ApiError) -> Response {
     json_response(err.code, &json!({ response_name(command): err.body() }))
 }
 
-fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
-}
-
 async fn client_api(
     State(api): State<Api>,
     method: Method,
@@ -149,10 +149,14 @@ async fn client_api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let mut raw = parse_form(query.as_deref().unwrap_or_default());
-    if method == Method::POST && is_form(&headers) {
-        raw.extend(parse_form(&String::from_utf8_lossy(&body)));
-    }
+    let post_body = (method == Method::POST).then(|| (content_type(&headers), &body[..]));
+    let raw = match parse_request(query.as_deref(), post_body) {
+        Ok(raw) => raw,
+        Err(err) => {
+            info!(error = %err, "request refused before routing");
+            return error_response("error", &err.to_api_error());
+        }
+    };
     let params = Params::new(raw);
     let command = params.command().to_string();
     let route = commands::route(&api, &params).await;
@@ -319,9 +323,38 @@ pub async fn authenticate(api: &Api, params: &Params) -> Result<Caller, ApiError
         }
     };
     let now = time::OffsetDateTime::now_utc();
-    if let Err(err) = sign::verify(params.raw(), caller.secret_key.expose_secret(), now) {
+    let policy = sign::VerifyPolicy {
+        require_expires: !api.signatures.allow_legacy,
+        max_validity: Some(api.signatures.max_validity),
+    };
+    if let Err(err) =
+        sign::verify_with(params.raw(), caller.secret_key.expose_secret(), now, policy)
+    {
         info!(user = %caller.username, error = %err, "request refused");
         return Err(ApiError::unauthorized());
+    }
+    if !replay::is_read_only(params.command()) {
+        // A legacy request (when allowed) carries no expiry: remember it for the longest
+        // validity a signed one may have.
+        let until = sign::param(params.raw(), sign::EXPIRES)
+            .and_then(sign::parse_expires)
+            .unwrap_or(now + api.signatures.max_validity);
+        let signature = sign::param(params.raw(), sign::SIGNATURE).unwrap_or_default();
+        match api.replays.admit(&caller.api_key, signature, until, now) {
+            Ok(()) => {}
+            Err(Replay::Seen) => {
+                warn!(user = %caller.username, command = %params.command(), "replayed request refused");
+                return Err(ApiError::unauthorized());
+            }
+            Err(Replay::Full) => {
+                warn!("replay cache full; state-changing request refused");
+                return Err(ApiError::new(
+                    503,
+                    Some(9999),
+                    "Too many requests in flight; try again shortly",
+                ));
+            }
+        }
     }
     Ok(caller)
 }

@@ -452,6 +452,26 @@ impl CloudStackClient {
         })
     }
 
+    /// The same client signing with another user's keys: same endpoint, connection pool and
+    /// timeouts, no client-side rate limit (that user's requests are theirs to pace).
+    /// CloudStack then answers with that user's view: its own visibility rules and role.
+    pub fn with_keys(&self, api_key: &str, secret_key: &SecretKey) -> Self {
+        let mut config = self.inner.config.clone();
+        config.api_key = api_key.to_owned();
+        config.secret_key = secret_key.clone();
+        config.rate_limit = None;
+        let seed = config.jitter_seed.unwrap_or_else(random_seed);
+        Self {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                endpoint: self.inner.endpoint.clone(),
+                config,
+                limiter: None,
+                rng: Mutex::new(SplitMix64(seed)),
+            }),
+        }
+    }
+
     /// The API endpoint.
     pub fn endpoint(&self) -> &Url {
         &self.inner.endpoint

@@ -47,11 +47,16 @@ impl Env {
     }
 
     pub async fn start_with(config: SimConfig) -> Env {
+        Self::start_tweaked(config, |_| {}).await
+    }
+
+    /// A stack whose controller configuration `tweak` changes first.
+    pub async fn start_tweaked(config: SimConfig, tweak: impl FnOnce(&mut Config)) -> Env {
         let sim = Simulator::start(config).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let controller = server::start(&controller_config(&sim, dir.path().join("controller")))
-            .await
-            .unwrap();
+        let mut controller_config = controller_config(&sim, dir.path().join("controller"));
+        tweak(&mut controller_config);
+        let controller = server::start(&controller_config).await.unwrap();
         let endpoint = format!("http://{}/client/api", controller.api_addr);
         let admin = client(&endpoint, sim.admin_keys());
         let user = client(&endpoint, sim.user_keys());
@@ -104,6 +109,8 @@ impl Env {
             ("mincpunumber", "2"),
             ("minmemory", "2048"),
         ];
+        // A parameter given twice is refused: `extra` replaces the defaults.
+        params.retain(|(name, _)| !extra.iter().any(|(e, _)| e == name));
         params.extend_from_slice(extra);
         let out = self
             .admin
@@ -162,4 +169,28 @@ pub fn api_error(result: Result<Value, CloudStackError>, code: u16) -> String {
         }
         other => panic!("expected error {code}, got {other:?}"),
     }
+}
+
+/// Creates a cluster as `client`; returns (cluster id, job id).
+pub async fn create(
+    env: &Env,
+    client: &cks_controller::cloudstack::CloudStackClient,
+    version: &str,
+    name: &str,
+) -> (String, String) {
+    let (zone, offering, _) = env.zone_and_offerings().await;
+    let job = client
+        .submit(
+            "createKubernetesCluster",
+            &[
+                ("name", name),
+                ("zoneid", &zone),
+                ("kubernetesversionid", version),
+                ("serviceofferingid", &offering),
+                ("size", "1"),
+            ],
+        )
+        .await
+        .unwrap();
+    (job.id.unwrap(), job.job_id)
 }

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use super::super::error::ApiError;
 use super::super::params::Params;
 use super::super::{Api, Reply};
-use crate::cloudstack::Caller;
 use crate::cloudstack::types::{Account, GuestIpType, Network};
+use crate::cloudstack::{Caller, RoleType};
 use crate::settings::{EXPERIMENTAL_FEATURES, MAX_SIZE, NETWORK_OFFERING};
 use crate::store::WorkflowKind;
 use crate::store::{ClusterRecord, ClusterState, Owner, RegistryRef, VersionState, now};
@@ -203,14 +203,19 @@ async fn owner(api: &Api, caller: &Caller, request: &CreateRequest) -> Result<Ow
             user_id: caller.user_id.clone(),
         });
     };
-    if !caller.is_admin() && *account != caller.account {
+    let domain_id = request.domain_id.as_deref().unwrap_or(&caller.domain_id);
+    let own = *account == caller.account && domain_id == caller.domain_id;
+    if caller.role_type == RoleType::User && !own {
         return Err(ApiError::permission(format!(
             "Account {} does not have permission to create a cluster for account {account}",
             caller.account
         )));
     }
-    let domain_id = request.domain_id.as_deref().unwrap_or(&caller.domain_id);
-    let accounts: Vec<Account> = client
+    // Looked up as the caller: a domain admin finds only accounts of their domain tree, and a
+    // `domainid` names the domain the account must be in, never just any same-named account.
+    let seen = api.ctx.cloud.as_caller(caller);
+    let accounts: Vec<Account> = seen
+        .client()
         .list_all(&[
             ("name", account),
             ("domainid", domain_id),
@@ -220,7 +225,7 @@ async fn owner(api: &Api, caller: &Caller, request: &CreateRequest) -> Result<Ow
         .map_err(|e| ApiError::from(&e))?;
     let found = accounts
         .into_iter()
-        .find(|a| &a.name == account)
+        .find(|a| &a.name == account && a.domainid.as_deref().is_none_or(|d| d == domain_id))
         .ok_or_else(|| ApiError::param(format!("Unable to find account {account}")))?;
     Ok(Owner {
         account: found.name,
@@ -244,6 +249,9 @@ pub async fn resolve(
 ) -> Result<ClusterRecord, ApiError> {
     let ctx = &api.ctx;
     let cloud = &ctx.cloud;
+    // Every id the caller passes is looked up as the caller: what CloudStack would not show
+    // them does not exist for them (the same error as an unknown id, so nothing leaks).
+    let seen = cloud.as_caller(caller);
     let owner = owner(api, caller, request).await?;
     let max_size = ctx.settings.number(MAX_SIZE, Some(&owner.account_id));
     if u64::from(request.control_nodes) + u64::from(request.size) > max_size {
@@ -252,7 +260,7 @@ pub async fn resolve(
         )));
     }
     let zone_id = &request.zone_id;
-    let zone = cloud
+    let zone = seen
         .zone(zone_id)
         .await
         .map_err(|e| ApiError::from(&e))?
@@ -315,7 +323,7 @@ pub async fn resolve(
             "When serviceofferingid is not specified, service offerings for each node type must be specified in the nodeofferings parameter.",
         )
     })?;
-    let offering = cloud
+    let offering = seen
         .service_offering(offering_id)
         .await
         .map_err(|e| ApiError::from(&e))?
@@ -374,10 +382,13 @@ pub async fn resolve(
     // The network.
     let network = match &request.network_id {
         Some(id) => Some(
-            cloud
-                .network(id)
+            seen.network(id)
                 .await
                 .map_err(|e| ApiError::from(&e))?
+                // An admin acting for an account may see any network, but the cluster's
+                // nodes may only join the owner's own (or a shared one), as CloudStack's
+                // deployVirtualMachine would insist.
+                .filter(|n| network_usable_by(n, &owner))
                 .ok_or_else(|| ApiError::param("Unable to find network with given ID"))?,
         ),
         None => None,
@@ -452,6 +463,14 @@ pub async fn resolve(
         failure: None,
         created: now(),
     })
+}
+
+/// Whether the cluster's owner may place VMs in `network`: a shared network (CloudStack
+/// checks its access when the VM is deployed), or one the owner's account owns.
+fn network_usable_by(network: &Network, owner: &Owner) -> bool {
+    network.network_type == GuestIpType::Shared
+        || (network.account.as_deref() == Some(owner.account.as_str())
+            && network.domainid.as_deref() == Some(owner.domain_id.as_str()))
 }
 
 /// Checks a network the user gave (cks-reference §5, network checks).

@@ -408,8 +408,11 @@ pub async fn scale(api: &Api, caller: &Caller, params: &Params) -> Result<Reply,
         .number(MAX_SIZE, Some(&cluster.owner.account_id));
     let plan = check(&cluster, &nodes, &version, &request, max_size)?;
     if let Some(offering_id) = &plan.params.offering_id {
+        // The new offering as the caller may see it (a domain-restricted offering of another
+        // domain does not exist for them).
         let new = ctx
             .cloud
+            .as_caller(caller)
             .service_offering(offering_id)
             .await
             .map_err(|e| ApiError::from(&e))?
