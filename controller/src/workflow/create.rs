@@ -304,22 +304,6 @@ async fn apply_manifests(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     Ok(format!("applied {}", MANIFESTS.join(", ")))
 }
 
-/// Points a kubeconfig's `server:` lines at `https://<server_ip>:6443`, as CKS does.
-pub fn rewrite_server(kubeconfig: &str, server_ip: &str) -> String {
-    let mut out = String::with_capacity(kubeconfig.len());
-    for line in kubeconfig.lines() {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("server:") {
-            let indent = &line[..line.len() - trimmed.len()];
-            out.push_str(&format!("{indent}server: https://{server_ip}:{API_PORT}"));
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
-
 async fn kubeconfig(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     let first = first_control(sc)?;
     let payload = send(
@@ -340,7 +324,9 @@ async fn kubeconfig(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
         .server_ip
         .clone()
         .ok_or_else(|| StepError::fail("the cluster has no API address"))?;
-    let text = rewrite_server(&config.yaml, &server_ip);
+    // The node's owner is root on it: only its certificate data is kept.
+    let text = crate::kubeconfig::rebuild(&config.yaml, &server_ip)
+        .map_err(|e| StepError::fail(format!("{}: {e}", first.name)))?;
     let sealed = sc
         .ctx
         .sealer
@@ -362,17 +348,6 @@ async fn detach_iso(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kubeconfig_servers_point_at_the_public_address() {
-        let text = "clusters:\n- cluster:\n    certificate-authority-data: x\n    server: https://10.1.0.5:6443\n  name: kubernetes\n";
-        let out = rewrite_server(text, "203.0.113.9");
-        assert!(
-            out.contains("    server: https://203.0.113.9:6443\n"),
-            "{out}"
-        );
-        assert!(!out.contains("10.1.0.5"));
-    }
 
     #[test]
     fn bootstrap_tokens_have_kubeadms_shape() {

@@ -128,11 +128,22 @@ pub async fn config(api: &Api, caller: &Caller, params: &Params) -> Result<Reply
         .sealer
         .open(&cluster.id, KUBECONFIG_SECRET, &sealed)
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    // Stored kubeconfigs are rebuilt when fetched from the node; one stored by an older
+    // controller is rebuilt here, so nothing but certificate data is ever served.
+    let server_ip = cluster.server_ip.as_deref().unwrap_or_default();
+    let configdata = crate::kubeconfig::rebuild(&String::from_utf8_lossy(&plain), server_ip)
+        .map_err(|e| {
+            tracing::warn!(cluster = %cluster.id, error = %e, "stored kubeconfig refused");
+            ApiError::internal(format!(
+                "Config not found for Kubernetes cluster : {}",
+                cluster.name
+            ))
+        })?;
     Ok(Reply::Sync(json!({
         "clusterconfig": {
             "id": cluster.id,
             "name": cluster.name,
-            "configdata": String::from_utf8_lossy(&plain),
+            "configdata": configdata,
         }
     })))
 }
