@@ -160,8 +160,8 @@ async fn versions_are_added_listed_updated_and_deleted_as_cks_does() {
     );
     assert_eq!(text, "Invalid value for state parameter");
     // CloudStack signs the lower-cased parameters, so the same request with `Disabled` signed
-    // in the same second carries the same signature, and a state-changing signature is
-    // accepted once: the next second's is another.
+    // in the same second carries the same signature, and a state-changing signed request acts
+    // once (the same one again gets the first answer): the next second's is another.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let updated = env
         .admin

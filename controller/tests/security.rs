@@ -119,15 +119,49 @@ async fn a_form_body_is_read_whatever_the_case_of_its_content_type() {
 }
 
 #[tokio::test]
-async fn a_state_changing_request_is_accepted_once_and_reads_may_repeat() {
+async fn a_state_changing_request_acts_once_and_a_replay_gets_the_first_answer() {
     let env = Env::start().await;
     let version = env.add_version("1.33.1", &[]).await;
-    let (cluster, _) = create(&env, &env.user, version["id"].as_str().unwrap(), "once").await;
-    let delete = signed(&env, "deleteKubernetesCluster", &[("id", &cluster)]);
-    let (status, body) = get(&env, &delete).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, body) = get(&env, &delete).await;
-    assert_eq!(status, 401, "the replay was accepted: {body}");
+    let version = version["id"].as_str().unwrap();
+    let (zone, offering, _) = env.zone_and_offerings().await;
+    let create = signed(
+        &env,
+        "createKubernetesCluster",
+        &[
+            ("name", "once"),
+            ("zoneid", &zone),
+            ("kubernetesversionid", version),
+            ("serviceofferingid", &offering),
+            ("size", "1"),
+        ],
+    );
+    let (status, first) = get(&env, &create).await;
+    assert_eq!(status, 200, "{first}");
+    // The same signed request again, and with a parameter's case flipped (CloudStack signs
+    // the lower-cased string, so the signature still verifies): the same answer, no second
+    // cluster.
+    let mut flipped = create.clone();
+    for (name, value) in &mut flipped {
+        if name == "name" {
+            *value = "ONCE".into();
+        }
+    }
+    for replay in [&create, &flipped] {
+        let (status, again) = get(&env, replay).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again, first);
+    }
+    let listed = env
+        .admin
+        .call("listKubernetesClusters", &[("listall", "true")])
+        .await
+        .unwrap();
+    assert_eq!(listed["count"], 1, "{listed}");
+    let cluster = first["createkubernetesclusterresponse"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Reads are not remembered: each is answered afresh.
     let read = signed(&env, "listKubernetesClusters", &[("id", &cluster)]);
     for _ in 0..2 {
         let (status, body) = get(&env, &read).await;
@@ -244,5 +278,156 @@ async fn another_accounts_network_does_not_exist_for_the_caller() {
         .await
         .unwrap();
     assert_eq!(clusters.get("count"), None, "{clusters}");
+    env.stop().await;
+}
+
+/// A new account with `role` (created with `rules`, in order) and its user's signed client.
+async fn account_with_role(
+    env: &Env,
+    name: &str,
+    role_type: &str,
+    rules: &[(&str, &str)],
+) -> cks_controller::cloudstack::CloudStackClient {
+    let role = env
+        .admin
+        .call("createRole", &[("name", name), ("type", role_type)])
+        .await
+        .unwrap();
+    let role_id = role["role"]["id"].as_str().unwrap().to_owned();
+    for (rule, permission) in rules {
+        env.admin
+            .call(
+                "createRolePermission",
+                &[
+                    ("roleid", &role_id),
+                    ("rule", rule),
+                    ("permission", permission),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let account = env
+        .admin
+        .call(
+            "createAccount",
+            &[
+                ("username", name),
+                ("email", "x@example.invalid"),
+                ("firstname", name),
+                ("lastname", "test"),
+                ("password", "unused"),
+                ("roleid", &role_id),
+            ],
+        )
+        .await
+        .unwrap();
+    let user_id = account["account"]["user"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keys = env
+        .admin
+        .call("registerUserKeys", &[("id", &user_id)])
+        .await
+        .unwrap();
+    let keys = cloudsim::Keys {
+        user_id,
+        api_key: keys["userkeys"]["apikey"].as_str().unwrap().to_owned(),
+        secret_key: keys["userkeys"]["secretkey"].as_str().unwrap().to_owned(),
+    };
+    common::client(&env.endpoint(), &keys)
+}
+
+#[tokio::test]
+async fn the_callers_role_rules_decide_what_they_may_run() {
+    let env = Env::start().await;
+    let version = env.add_version("1.33.1", &[]).await;
+    let (cluster, _) = create(&env, &env.user, version["id"].as_str().unwrap(), "theirs").await;
+
+    // A read-only admin: lists everything, fetches no kubeconfig, creates nothing.
+    let read_only = account_with_role(
+        &env,
+        "readonly",
+        "Admin",
+        &[("list*", "allow"), ("*", "deny")],
+    )
+    .await;
+    let listed = read_only
+        .call("listKubernetesClusters", &[("listall", "true")])
+        .await
+        .unwrap();
+    assert_eq!(listed["count"], 1, "{listed}");
+    let err = api_error(
+        read_only
+            .call("getKubernetesClusterConfig", &[("id", &cluster)])
+            .await,
+        432,
+    );
+    assert!(err.contains("getKubernetesClusterConfig"), "{err}");
+    api_error(
+        read_only
+            .call("deleteKubernetesCluster", &[("id", &cluster)])
+            .await,
+        432,
+    );
+    let apis = read_only.call("listApis", &[]).await.unwrap().to_string();
+    assert!(apis.contains("listKubernetesClusters"));
+    assert!(!apis.contains("getKubernetesClusterConfig"), "{apis}");
+
+    // A user role that may not create clusters; unmatched commands keep CKS's defaults.
+    let restricted = account_with_role(
+        &env,
+        "restricted",
+        "User",
+        &[("createKubernetesCluster", "deny")],
+    )
+    .await;
+    let (zone, offering, _) = env.zone_and_offerings().await;
+    api_error(
+        restricted
+            .call(
+                "createKubernetesCluster",
+                &[
+                    ("name", "nope"),
+                    ("zoneid", &zone),
+                    ("kubernetesversionid", version["id"].as_str().unwrap()),
+                    ("serviceofferingid", &offering),
+                    ("size", "1"),
+                ],
+            )
+            .await,
+        432,
+    );
+    restricted
+        .call("listKubernetesClusters", &[])
+        .await
+        .unwrap();
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_disabled_or_locked_account_is_refused_though_its_user_is_enabled() {
+    let env = Env::start().await;
+    let accounts = env
+        .admin
+        .call("listAccounts", &[("name", cloudsim::store::USER_ACCOUNT)])
+        .await
+        .unwrap();
+    let account = accounts["account"][0]["id"].as_str().unwrap().to_owned();
+    env.user.call("listKubernetesClusters", &[]).await.unwrap();
+    for lock in ["false", "true"] {
+        // Through the controller, so its identity cache is dropped at once.
+        env.admin
+            .call("disableAccount", &[("id", &account), ("lock", lock)])
+            .await
+            .unwrap();
+        api_error(env.user.call("listKubernetesClusters", &[]).await, 401);
+        env.admin
+            .call("enableAccount", &[("id", &account)])
+            .await
+            .unwrap();
+        env.user.call("listKubernetesClusters", &[]).await.unwrap();
+    }
     env.stop().await;
 }

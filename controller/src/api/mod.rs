@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use self::error::ApiError;
 use self::params::{Params, parse_request};
-use self::replay::{Replay, ReplayCache};
+use self::replay::{Admission, ReplayCache};
 use crate::cloudstack::identity::IdentityError;
 use crate::cloudstack::{Caller, IdentityResolver, sign};
 use crate::config::SignaturePolicy;
@@ -171,6 +171,105 @@ async fn client_api(
         Ok(caller) => caller,
         Err(err) => return error_response(&command, &err),
     };
+    if replay::is_read_only(&command) {
+        return answer(
+            &api,
+            &caller,
+            &params,
+            route,
+            method,
+            query.as_deref(),
+            body,
+            &headers,
+        )
+        .await;
+    }
+    // A state-changing request acts once; the same signed request again gets the same answer.
+    let now = time::OffsetDateTime::now_utc();
+    // A legacy request (when allowed) carries no expiry: remember it for the longest validity
+    // a signed one may have.
+    let until = sign::param(params.raw(), sign::EXPIRES)
+        .and_then(sign::parse_expires)
+        .unwrap_or(now + api.signatures.max_validity);
+    let signature = sign::param(params.raw(), sign::SIGNATURE)
+        .unwrap_or_default()
+        .to_owned();
+    let mut admission = api.replays.admit(&caller.api_key, &signature, until, now);
+    // The same request still running: wait for its answer a little (bounded).
+    for _ in 0..REPLAY_WAIT_ROUNDS {
+        if admission != Admission::Running {
+            break;
+        }
+        tokio::time::sleep(REPLAY_WAIT).await;
+        admission = api.replays.admit(&caller.api_key, &signature, until, now);
+    }
+    match admission {
+        Admission::Fresh => {
+            let response = answer(
+                &api,
+                &caller,
+                &params,
+                route,
+                method,
+                query.as_deref(),
+                body,
+                &headers,
+            )
+            .await;
+            let (parts, body) = response.into_parts();
+            let bytes = axum::body::to_bytes(body, MAX_REMEMBERED_ANSWER)
+                .await
+                .unwrap_or_default();
+            api.replays.answer(
+                &caller.api_key,
+                &signature,
+                (
+                    parts.status.as_u16(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ),
+            );
+            Response::from_parts(parts, axum::body::Body::from(bytes))
+        }
+        Admission::Answered((status, body)) => {
+            info!(user = %caller.username, %command, "request seen before: answered as then");
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/json;charset=UTF-8")],
+                body,
+            )
+                .into_response()
+        }
+        Admission::Running | Admission::Full => {
+            warn!(user = %caller.username, %command, ?admission, "state-changing request deferred");
+            error_response(
+                &command,
+                &ApiError::new(503, Some(9999), "The request is busy; try again shortly"),
+            )
+        }
+    }
+}
+
+/// How long a repeated request waits for the original's answer: rounds of [`REPLAY_WAIT`].
+const REPLAY_WAIT_ROUNDS: u32 = 100;
+/// One round.
+const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// Our answers are small JSON objects; a bigger one is not kept.
+const MAX_REMEMBERED_ANSWER: usize = 1 << 20;
+
+/// Runs an authenticated request of ours (or a merged list) and shapes the response.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    api: &Api,
+    caller: &Caller,
+    params: &Params,
+    route: commands::Route,
+    method: Method,
+    query: Option<&str>,
+    body: Bytes,
+    headers: &HeaderMap,
+) -> Response {
+    let command = params.command().to_string();
     let outcome = match route {
         commands::Route::Merged => {
             // CloudStack answers first (and checks the request its own way); ours are added.
@@ -178,24 +277,24 @@ async fn client_api(
                 .ctx
                 .cloud
                 .client()
-                .forward(method, query.as_deref(), body, content_type(&headers))
+                .forward(method, query, body, content_type(headers))
                 .await;
             match upstream {
                 Ok(upstream) if upstream.status == 200 => {
-                    commands::merge(&api, &caller, &params, &upstream.body).await
+                    commands::merge(api, caller, params, &upstream.body).await
                 }
                 // A CloudStack without listApis (432) still gets ours.
                 Ok(upstream)
                     if upstream.status == 432
                         && params.command().eq_ignore_ascii_case("listApis") =>
                 {
-                    commands::merge(&api, &caller, &params, b"{}").await
+                    commands::merge(api, caller, params, b"{}").await
                 }
                 Ok(upstream) => return passthrough(upstream),
                 Err(err) => Err(upstream_error(&err)),
             }
         }
-        _ => commands::dispatch(&api, &caller, &params).await,
+        _ => commands::dispatch(api, caller, params).await,
     };
     match outcome {
         Ok(reply) => json_response(200, &json!({ response_name(&command): reply.body() })),
@@ -304,7 +403,15 @@ const IDENTITY_CHANGES: &[&str] = &[
     "updateAccount",
     "disableAccount",
     "lockAccount",
+    "enableAccount",
     "deleteAccount",
+    "enableUser",
+    "createRolePermission",
+    "updateRolePermission",
+    "deleteRolePermission",
+    "updateRole",
+    "deleteRole",
+    "importRole",
 ];
 
 /// Who signed the request, checked as CloudStack checks it.
@@ -332,29 +439,6 @@ pub async fn authenticate(api: &Api, params: &Params) -> Result<Caller, ApiError
     {
         info!(user = %caller.username, error = %err, "request refused");
         return Err(ApiError::unauthorized());
-    }
-    if !replay::is_read_only(params.command()) {
-        // A legacy request (when allowed) carries no expiry: remember it for the longest
-        // validity a signed one may have.
-        let until = sign::param(params.raw(), sign::EXPIRES)
-            .and_then(sign::parse_expires)
-            .unwrap_or(now + api.signatures.max_validity);
-        let signature = sign::param(params.raw(), sign::SIGNATURE).unwrap_or_default();
-        match api.replays.admit(&caller.api_key, signature, until, now) {
-            Ok(()) => {}
-            Err(Replay::Seen) => {
-                warn!(user = %caller.username, command = %params.command(), "replayed request refused");
-                return Err(ApiError::unauthorized());
-            }
-            Err(Replay::Full) => {
-                warn!("replay cache full; state-changing request refused");
-                return Err(ApiError::new(
-                    503,
-                    Some(9999),
-                    "Too many requests in flight; try again shortly",
-                ));
-            }
-        }
     }
     Ok(caller)
 }

@@ -1,44 +1,59 @@
-//! Signed requests that change something are accepted once.
+//! Signed requests that change something act once.
 //!
 //! A CloudStack signature stays valid until its `expires`: anyone who captures a signed
 //! `deleteKubernetesCluster` (a proxy log, a browser history, a shared terminal) could send it
-//! again and again until then. The endpoint remembers the signature of every state-changing
-//! request it accepted until the request would have expired anyway, and refuses a second one.
-//! Reads (`list*`, `get*`, `queryAsyncJobResult`) may be repeated: a client retrying a read is
-//! normal and changes nothing.
+//! again until then. The endpoint remembers every state-changing request it accepted, by its
+//! signature, until the request would have expired anyway, with the answer it gave; the same
+//! request again gets that answer again and does nothing. A client that asks again (a retry
+//! after a lost response, or the same command re-signed within the same second, which yields
+//! the same signature) is answered as the first time; a replay acts no more than the original.
+//! Reads (`list*`, `get*`, `queryAsyncJobResult`) are not remembered: they change nothing.
 //!
 //! The cache is bounded: entries leave when their request expires, and a full cache of live
 //! entries refuses new state-changing requests (with a retryable error) rather than forgetting
-//! one that could then be replayed.
+//! one that could then act twice.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use time::OffsetDateTime;
 
-/// Default bound on remembered signatures.
+/// Default bound on remembered requests.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
-/// Why a request was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replay {
-    /// The same signed request was accepted before and has not expired.
-    Seen,
-    /// Too many live signatures are remembered to take another one now.
+/// The answer given to a request: HTTP status and body.
+pub type Answer = (u16, String);
+
+/// What to do with a state-changing request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// First time: run it, then [`ReplayCache::answer`].
+    Fresh,
+    /// Seen before and answered: give the same answer, do nothing.
+    Answered(Answer),
+    /// Seen before and still running: ask again shortly.
+    Running,
+    /// Too many live requests are remembered to take another one now.
     Full,
 }
 
-/// Remembers accepted signatures until their request expires.
+#[derive(Debug)]
+struct Entry {
+    until: OffsetDateTime,
+    answer: Option<Answer>,
+}
+
+/// Remembers accepted state-changing requests and their answers until they expire.
 #[derive(Debug)]
 pub struct ReplayCache {
     capacity: usize,
-    seen: Mutex<HashMap<String, OffsetDateTime>>,
+    seen: Mutex<HashMap<String, Entry>>,
 }
 
 // === impl ReplayCache ===
 
 impl ReplayCache {
-    /// An empty cache that remembers at most `capacity` signatures.
+    /// An empty cache that remembers at most `capacity` requests.
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
@@ -46,34 +61,52 @@ impl ReplayCache {
         }
     }
 
-    /// Admits the request signed `signature` by `api_key`, valid until `until`, once.
-    ///
-    /// # Errors
-    /// [`Replay::Seen`] when it was admitted before; [`Replay::Full`] when the cache cannot
-    /// remember it.
+    fn key(api_key: &str, signature: &str) -> String {
+        format!("{api_key}\n{signature}")
+    }
+
+    /// Admits the request signed `signature` by `api_key`, valid until `until`.
     pub fn admit(
         &self,
         api_key: &str,
         signature: &str,
         until: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> Result<(), Replay> {
-        let key = format!("{api_key}\n{signature}");
+    ) -> Admission {
+        let key = Self::key(api_key, signature);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.get(&key).is_some_and(|expires| *expires >= now) {
-            return Err(Replay::Seen);
+        if let Some(entry) = seen.get(&key).filter(|e| e.until >= now) {
+            return match &entry.answer {
+                Some(answer) => Admission::Answered(answer.clone()),
+                None => Admission::Running,
+            };
         }
         if seen.len() >= self.capacity {
-            seen.retain(|_, expires| *expires >= now);
+            seen.retain(|_, e| e.until >= now);
             if seen.len() >= self.capacity {
-                return Err(Replay::Full);
+                return Admission::Full;
             }
         }
-        seen.insert(key, until);
-        Ok(())
+        seen.insert(
+            key,
+            Entry {
+                until,
+                answer: None,
+            },
+        );
+        Admission::Fresh
     }
 
-    /// How many signatures are remembered (expired ones included until the next purge).
+    /// Records the answer to an admitted request.
+    pub fn answer(&self, api_key: &str, signature: &str, answer: Answer) {
+        let key = Self::key(api_key, signature);
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = seen.get_mut(&key) {
+            entry.answer = Some(answer);
+        }
+    }
+
+    /// How many requests are remembered (expired ones included until the next purge).
     pub fn len(&self) -> usize {
         self.seen
             .lock()
@@ -106,18 +139,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_signature_is_admitted_once_until_it_expires() {
+    fn a_request_acts_once_and_is_answered_alike_until_it_expires() {
         let cache = ReplayCache::new(10);
         let now = OffsetDateTime::now_utc();
         let until = now + Duration::from_secs(60);
-        assert_eq!(cache.admit("k", "sig", until, now), Ok(()));
-        assert_eq!(cache.admit("k", "sig", until, now), Err(Replay::Seen));
+        assert_eq!(cache.admit("k", "sig", until, now), Admission::Fresh);
+        assert_eq!(cache.admit("k", "sig", until, now), Admission::Running);
+        cache.answer("k", "sig", (200, "{job}".into()));
+        assert_eq!(
+            cache.admit("k", "sig", until, now),
+            Admission::Answered((200, "{job}".into()))
+        );
         // Another key with the same signature text is another request.
-        assert_eq!(cache.admit("k2", "sig", until, now), Ok(()));
-        // Past its expiry the request is refused by the signature check anyway; the slot is
-        // free again.
+        assert_eq!(cache.admit("k2", "sig", until, now), Admission::Fresh);
+        // Past its expiry the signature check refuses the request anyway; the slot is free.
         let later = until + Duration::from_secs(1);
-        assert_eq!(cache.admit("k", "sig", later, later), Ok(()));
+        assert_eq!(cache.admit("k", "sig", later, later), Admission::Fresh);
     }
 
     #[test]
@@ -126,14 +163,14 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let soon = now + Duration::from_secs(1);
         let later = now + Duration::from_secs(600);
-        cache.admit("k", "a", soon, now).expect("a");
-        cache.admit("k", "b", later, now).expect("b");
-        assert_eq!(cache.admit("k", "c", later, now), Err(Replay::Full));
+        assert_eq!(cache.admit("k", "a", soon, now), Admission::Fresh);
+        assert_eq!(cache.admit("k", "b", later, now), Admission::Fresh);
+        assert_eq!(cache.admit("k", "c", later, now), Admission::Full);
         let after_a = soon + Duration::from_secs(1);
-        assert_eq!(cache.admit("k", "c", later, after_a), Ok(()));
+        assert_eq!(cache.admit("k", "c", later, after_a), Admission::Fresh);
         assert_eq!(cache.len(), 2);
         // Still remembered: b was not purged to make room.
-        assert_eq!(cache.admit("k", "b", later, after_a), Err(Replay::Seen));
+        assert_eq!(cache.admit("k", "b", later, after_a), Admission::Running);
     }
 
     #[test]

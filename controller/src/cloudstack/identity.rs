@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use super::SecretKey;
 use super::client::{CloudStackClient, CloudStackError, decode_field};
-use super::types::{User, UserKeys};
+use super::types::{Account, RolePermission, User, UserKeys};
 
 /// How long a resolved identity is reused.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -87,6 +87,8 @@ pub struct Caller {
     pub api_key: String,
     /// The secret key to verify the caller's signatures with.
     pub secret_key: SecretKey,
+    /// The caller's role's rules, in the order they apply (empty: the commands' defaults).
+    pub permissions: Arc<[RolePermission]>,
 }
 
 // === impl Caller ===
@@ -96,6 +98,38 @@ impl Caller {
     pub fn is_admin(&self) -> bool {
         self.role_type == RoleType::Admin
     }
+
+    /// Whether the caller's role lets them run `command` (its canonical name), as CloudStack's
+    /// dynamic role checker decides: the first rule matching the name allows or denies it;
+    /// when none matches, the command's own default applies (`by_default`: whether the
+    /// caller's role type is among those the command is declared for).
+    pub fn may(&self, command: &str, by_default: bool) -> bool {
+        self.permissions
+            .iter()
+            .find(|p| rule_matches(&p.rule, command))
+            .map_or(by_default, |p| p.permission.eq_ignore_ascii_case("allow"))
+    }
+}
+
+/// A role rule against an API name: `*` stands for any run of word characters (CloudStack's
+/// `\w*`), everything else matches itself, case-sensitively, over the whole name.
+pub fn rule_matches(rule: &str, name: &str) -> bool {
+    fn go(rule: &[u8], name: &[u8]) -> bool {
+        match rule.split_first() {
+            None => name.is_empty(),
+            Some((b'*', rest)) => {
+                // Try every split of the name's leading word characters.
+                let word = name
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+                    .count();
+                (0..=word).any(|skip| go(rest, &name[skip..]))
+            }
+            Some((c, rest)) => name.first() == Some(c) && go(rest, &name[1..]),
+        }
+    }
+    // Rules are short (API names); the recursion is bounded by the rule's stars.
+    rule.len() <= 256 && go(rule.as_bytes(), name.as_bytes())
 }
 
 /// An API key could not be resolved.
@@ -104,6 +138,14 @@ pub enum IdentityError {
     /// CloudStack knows no user with this key (or the user has no secret key).
     #[error("the API key does not belong to any CloudStack user")]
     UnknownApiKey,
+    /// The key's account is disabled or locked.
+    #[error("CloudStack account {account} is {state}")]
+    AccountDisabled {
+        /// Account name.
+        account: String,
+        /// `disabled` or `locked`.
+        state: String,
+    },
     /// The key's user is disabled or locked.
     #[error("CloudStack user {username} is {state}")]
     UserDisabled {
@@ -122,6 +164,7 @@ pub enum IdentityError {
 enum Refusal {
     UnknownApiKey,
     UserDisabled { username: String, state: String },
+    AccountDisabled { account: String, state: String },
 }
 
 impl From<Refusal> for IdentityError {
@@ -129,6 +172,7 @@ impl From<Refusal> for IdentityError {
         match refusal {
             Refusal::UnknownApiKey => Self::UnknownApiKey,
             Refusal::UserDisabled { username, state } => Self::UserDisabled { username, state },
+            Refusal::AccountDisabled { account, state } => Self::AccountDisabled { account, state },
         }
     }
 }
@@ -280,6 +324,31 @@ impl IdentityResolver {
             return Err(IdentityError::UnknownApiKey);
         };
         let role_type = RoleType::from_user(&user);
+        // The account's own state: disabling or locking an account stops its users' keys
+        // even though each user still shows `enabled`.
+        let account_id = user.accountid.clone().unwrap_or_default();
+        let account = self
+            .client
+            .list_all::<Account>(&[("id", &account_id), ("listall", "true")])
+            .await
+            .map_err(IdentityError::Lookup)?
+            .into_iter()
+            .find(|a| a.id == account_id);
+        let Some(account) = account else {
+            return Err(IdentityError::UnknownApiKey);
+        };
+        if let Some(state) = account.state.as_deref()
+            && !state.eq_ignore_ascii_case("enabled")
+        {
+            return Err(IdentityError::AccountDisabled {
+                account: account.name.clone(),
+                state: state.to_owned(),
+            });
+        }
+        let permissions = match user.roleid.as_deref().or(account.roleid.as_deref()) {
+            Some(role_id) => self.permissions(role_id).await?,
+            None => Vec::new(),
+        };
         Ok(Caller {
             user_id: user.id,
             username: user.username,
@@ -289,7 +358,22 @@ impl IdentityResolver {
             role_type,
             api_key: api_key.to_owned(),
             secret_key,
+            permissions: permissions.into(),
         })
+    }
+
+    /// A role's rules in the order they apply. A CloudStack without dynamic roles (no
+    /// `listRolePermissions`, 432) has none: the commands' defaults apply.
+    async fn permissions(&self, role_id: &str) -> Result<Vec<RolePermission>, IdentityError> {
+        match self
+            .client
+            .list_all::<RolePermission>(&[("roleid", role_id)])
+            .await
+        {
+            Ok(rules) => Ok(rules),
+            Err(err) if err.errorcode() == Some(432) => Ok(Vec::new()),
+            Err(err) => Err(IdentityError::Lookup(err)),
+        }
     }
 }
 
@@ -301,6 +385,10 @@ impl IdentityError {
             Self::UnknownApiKey => Some(Refusal::UnknownApiKey),
             Self::UserDisabled { username, state } => Some(Refusal::UserDisabled {
                 username: username.clone(),
+                state: state.clone(),
+            }),
+            Self::AccountDisabled { account, state } => Some(Refusal::AccountDisabled {
+                account: account.clone(),
                 state: state.clone(),
             }),
             Self::Lookup(_) => None,
@@ -350,6 +438,59 @@ mod tests {
     }
 
     #[test]
+    fn role_rules_match_whole_names_with_word_wildcards() {
+        assert!(rule_matches("*", "createKubernetesCluster"));
+        assert!(rule_matches("list*", "listKubernetesClusters"));
+        assert!(rule_matches("*Kubernetes*", "getKubernetesClusterConfig"));
+        assert!(rule_matches(
+            "createKubernetesCluster",
+            "createKubernetesCluster"
+        ));
+        assert!(!rule_matches(
+            "createKubernetesCluster",
+            "createKubernetesClusters"
+        ));
+        assert!(!rule_matches("list*", "getKubernetesClusterConfig"));
+        assert!(
+            !rule_matches("List*", "listZones"),
+            "case-sensitive, as CloudStack"
+        );
+        assert!(!rule_matches("get", "getUser"));
+    }
+
+    #[test]
+    fn the_first_matching_rule_decides_and_the_default_applies_otherwise() {
+        let rule = |rule: &str, permission: &str| RolePermission {
+            rule: rule.into(),
+            permission: permission.into(),
+        };
+        let caller = |rules: Vec<RolePermission>| Caller {
+            user_id: "u".into(),
+            username: "ro".into(),
+            account: "a".into(),
+            account_id: "a".into(),
+            domain_id: "d".into(),
+            role_type: RoleType::Admin,
+            api_key: "k".into(),
+            secret_key: SecretKey::new("s"),
+            permissions: rules.into(),
+        };
+        let read_only = caller(vec![rule("list*", "allow"), rule("*", "deny")]);
+        assert!(read_only.may("listKubernetesClusters", true));
+        assert!(!read_only.may("getKubernetesClusterConfig", true));
+        assert!(!read_only.may("createKubernetesCluster", true));
+        let order = caller(vec![
+            rule("deleteKubernetesCluster", "deny"),
+            rule("*Kubernetes*", "allow"),
+        ]);
+        assert!(!order.may("deleteKubernetesCluster", false));
+        assert!(order.may("scaleKubernetesCluster", false));
+        let none = caller(Vec::new());
+        assert!(none.may("createKubernetesCluster", true));
+        assert!(!none.may("addKubernetesSupportedVersion", false));
+    }
+
+    #[test]
     fn caller_debug_redacts_the_secret() {
         let caller = Caller {
             user_id: "u".into(),
@@ -360,6 +501,7 @@ mod tests {
             role_type: RoleType::User,
             api_key: "AK".into(),
             secret_key: SecretKey::new("hunter2-secret"),
+            permissions: Vec::new().into(),
         };
         let debug = format!("{caller:?}");
         assert!(

@@ -659,6 +659,9 @@ pub struct User {
     /// `Admin`, `DomainAdmin`, `ResourceAdmin` or `User`.
     #[serde(default)]
     pub roletype: Option<String>,
+    /// The role's id (dynamic roles).
+    #[serde(default)]
+    pub roleid: Option<String>,
     /// Domain id.
     #[serde(default)]
     pub domainid: Option<String>,
@@ -690,6 +693,9 @@ pub struct Account {
     /// Role name.
     #[serde(default)]
     pub rolename: Option<String>,
+    /// The role's id (dynamic roles).
+    #[serde(default)]
+    pub roleid: Option<String>,
     /// Domain id.
     #[serde(default)]
     pub domainid: Option<String>,
@@ -938,3 +944,13 @@ mod tests {
         assert_eq!(n.value.as_deref(), Some("500"));
     }
 }
+
+/// One rule of a role (`listRolePermissions`), in the order the rules apply.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RolePermission {
+    /// An API name, or a pattern where `*` stands for any run of letters and digits.
+    pub rule: String,
+    /// `allow` or `deny`.
+    pub permission: String,
+}
+list_resource!(RolePermission, "listRolePermissions", "rolepermission");

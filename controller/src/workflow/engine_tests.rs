@@ -236,6 +236,7 @@ fn caller() -> crate::cloudstack::Caller {
         role_type: crate::cloudstack::RoleType::User,
         api_key: "k".into(),
         secret_key: crate::cloudstack::SecretKey::new("s".to_string()),
+        permissions: Vec::new().into(),
     }
 }
 

@@ -88,6 +88,10 @@ fn authenticate(db: &Db, params: &Params) -> Result<Caller, ApiError> {
         .iter()
         .find(|a| a.id == user.account_id)
         .ok_or_else(ApiError::unauthorized)?;
+    if account.state != "enabled" {
+        tracing::info!(user = %user.username, state = %account.state, "account not enabled");
+        return Err(ApiError::unauthorized());
+    }
     Ok(Caller {
         user_id: user.id.clone(),
         account_id: account.id.clone(),

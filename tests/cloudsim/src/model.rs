@@ -66,6 +66,41 @@ pub struct Account {
     pub name: String,
     /// True for a root admin (accounttype 1), false for a user (accounttype 0).
     pub admin: bool,
+    /// The account's role (`None`: the built-in one for its type).
+    #[serde(default)]
+    pub role_id: Option<String>,
+    /// `enabled`, `disabled` or `locked`.
+    #[serde(default = "enabled")]
+    pub state: String,
+}
+
+fn enabled() -> String {
+    "enabled".into()
+}
+
+/// A role (CloudStack's dynamic roles): a type and ordered permission rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Role {
+    /// UUID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// `Admin`, `DomainAdmin`, `ResourceAdmin` or `User`.
+    pub role_type: String,
+}
+
+/// One rule of a role: an API name or a wildcard pattern, allowed or denied. A role's rules
+/// apply in the order they were created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolePermission {
+    /// UUID.
+    pub id: String,
+    /// The role.
+    pub role_id: String,
+    /// `createKubernetesCluster`, `list*`, `*`.
+    pub rule: String,
+    /// `allow` or `deny`.
+    pub permission: String,
 }
 
 /// A user of an account, with its API keys.
@@ -534,4 +569,10 @@ pub struct Db {
     /// External load balancers (test hook, see `SimHandle::add_external_lb`).
     #[serde(default)]
     pub external_lbs: Vec<ExternalLb>,
+    /// Roles made with `createRole` (the built-in ones are implied by account types).
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    /// Their rules, in creation order.
+    #[serde(default)]
+    pub role_permissions: Vec<RolePermission>,
 }

@@ -277,11 +277,15 @@ pub fn seed_with(public_cidr: &str) -> Db {
         id: new_id(),
         name: ADMIN_ACCOUNT.into(),
         admin: true,
+        role_id: None,
+        state: "enabled".into(),
     };
     let user = Account {
         id: new_id(),
         name: USER_ACCOUNT.into(),
         admin: false,
+        role_id: None,
+        state: "enabled".into(),
     };
     let offering = |name: &str, cpu: u64, mem: u64| ServiceOffering {
         id: new_id(),

@@ -206,7 +206,7 @@ pub fn merge_apis(api: &Api, caller: &Caller, params: &Params, upstream: Value) 
             KUBERNETES_COMMANDS
                 .iter()
                 .filter(|c| wanted.is_none_or(|w| w.eq_ignore_ascii_case(c.name)))
-                .filter(|c| caller.is_admin() || !c.admin_only)
+                .filter(|c| super::permitted(caller, c))
                 .map(api_object),
         );
     }

@@ -172,7 +172,7 @@ pub async fn route(api: &Api, params: &Params) -> Route {
 pub async fn dispatch(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, ApiError> {
     let command = params.command();
     if let Some(info) = kubernetes_command(command) {
-        if !api.ctx.settings.flag(SERVICE_ENABLED) || (info.admin_only && !caller.is_admin()) {
+        if !api.ctx.settings.flag(SERVICE_ENABLED) || !permitted(caller, info) {
             // CloudStack does not register the commands when the plugin is off, and hides
             // commands a role lacks.
             return Err(ApiError::unknown_command(command, &caller.user_id));
@@ -193,6 +193,20 @@ pub async fn dispatch(api: &Api, caller: &Caller, params: &Params) -> Result<Rep
             _ => Err(ApiError::unknown_command(command, &caller.user_id)),
         };
     }
+    // CloudStack's own commands that we answer for our jobs and settings: the caller's role
+    // decides as it would in CloudStack (their defaults: everyone, settings admins only).
+    let canonical = match command.to_ascii_lowercase().as_str() {
+        "queryasyncjobresult" => "queryAsyncJobResult",
+        "listconfigurations" => "listConfigurations",
+        "updateconfiguration" => "updateConfiguration",
+        "resetconfiguration" => "resetConfiguration",
+        "listapis" => "listApis",
+        _ => return Err(ApiError::unknown_command(command, &caller.user_id)),
+    };
+    let by_default = matches!(canonical, "queryAsyncJobResult" | "listApis") || caller.is_admin();
+    if !caller.may(canonical, by_default) {
+        return Err(ApiError::unknown_command(command, &caller.user_id));
+    }
     match command.to_ascii_lowercase().as_str() {
         "queryasyncjobresult" => misc::query_job(api, caller, params),
         "listconfigurations" => misc::list_configurations(api, caller, params, None),
@@ -201,6 +215,12 @@ pub async fn dispatch(api: &Api, caller: &Caller, params: &Params) -> Result<Rep
         "listapis" => Ok(misc::merge_apis(api, caller, params, json!({}))),
         _ => Err(ApiError::unknown_command(command, &caller.user_id)),
     }
+}
+
+/// Whether `caller`'s role lets them run one of our Kubernetes commands: the role's rules,
+/// else CKS's declared roles (version management for admins, the rest for everyone).
+pub fn permitted(caller: &Caller, info: &CommandInfo) -> bool {
+    caller.may(info.name, !info.admin_only || caller.is_admin())
 }
 
 /// Adds the controller's items to CloudStack's answer of a merged list command.

@@ -761,6 +761,50 @@ pub(crate) const COMMANDS: &[Command] = &[
             DOMAINID,
         ],
     )),
+    admin(sync(
+        "createRole",
+        identity::create_role,
+        "Creates a role",
+        &[
+            req("name", "string", "creates a role with this unique name"),
+            req("type", "string", "the type of the role: Admin or User"),
+        ],
+    )),
+    admin(sync(
+        "createRolePermission",
+        identity::create_role_permission,
+        "Adds an API permission to a role",
+        &[
+            req("roleid", "uuid", "ID of the role"),
+            req("rule", "string", "the API name or wildcard rule"),
+            req("permission", "string", "the rule permission, allow or deny"),
+        ],
+    )),
+    admin(sync(
+        "listRolePermissions",
+        identity::list_role_permissions,
+        "Lists role permissions",
+        &[opt("roleid", "uuid", "ID of the role")],
+    )),
+    admin(sync(
+        "disableAccount",
+        identity::disable_account,
+        "Disables an account",
+        &[
+            ID,
+            opt(
+                "lock",
+                "boolean",
+                "if true, only lock the account; else disable it",
+            ),
+        ],
+    )),
+    admin(sync(
+        "enableAccount",
+        identity::enable_account,
+        "Enables an account",
+        &[ID],
+    )),
     sync(
         "listUsers",
         identity::list_users,

@@ -4,11 +4,37 @@ use serde_json::{Value, json};
 
 use super::{Ctx, Outcome, account, domain_id, list_response};
 use crate::error::ApiError;
-use crate::model::{Account, Db, Job, Tag, User};
+use crate::model::{Account, Db, Job, Role, RolePermission, Tag, User};
 use crate::store::{self, new_id, new_key};
+
+/// Ids of the built-in roles, which accounts without a `createRole` role have.
+pub const ROOT_ADMIN_ROLE_ID: &str = "00000000-0000-0000-0000-000000000001";
+/// The built-in user role.
+pub const USER_ROLE_ID: &str = "00000000-0000-0000-0000-000000000004";
+
+/// An account's role: (id, name, type).
+fn role_of(db: &Db, a: &Account) -> (String, String, String) {
+    if let Some(role) = a
+        .role_id
+        .as_ref()
+        .and_then(|id| db.roles.iter().find(|r| &r.id == id))
+    {
+        return (role.id.clone(), role.name.clone(), role.role_type.clone());
+    }
+    if a.admin {
+        (
+            ROOT_ADMIN_ROLE_ID.into(),
+            "Root Admin".into(),
+            "Admin".into(),
+        )
+    } else {
+        (USER_ROLE_ID.into(), "User".into(), "User".into())
+    }
+}
 
 fn render_user(db: &Db, u: &User) -> Value {
     let acct = account(db, &u.account_id);
+    let role = acct.map(|a| role_of(db, a));
     let mut body = json!({
         "id": u.id,
         "username": u.username,
@@ -18,9 +44,13 @@ fn render_user(db: &Db, u: &User) -> Value {
         "accountid": u.account_id,
         "account": acct.map(|a| a.name.clone()),
         "accounttype": acct.map(|a| if a.admin { 1 } else { 0 }),
-        "roletype": acct.map(|a| if a.admin { "Admin" } else { "User" }),
+        "roletype": role.as_ref().map(|r| r.2.clone()),
+        "roleid": role.as_ref().map(|r| r.0.clone()),
+        "rolename": role.as_ref().map(|r| r.1.clone()),
         "domainid": domain_id(db),
         "domain": "ROOT",
+        // A user of a disabled account is shown enabled, as CloudStack shows it: the
+        // account's state is the account's.
         "state": "enabled",
         "created": u.created,
     });
@@ -37,15 +67,18 @@ fn render_account(db: &Db, a: &Account) -> Value {
         .filter(|u| u.account_id == a.id)
         .map(|u| render_user(db, u))
         .collect();
+    let (role_id, role_name, role_type) = role_of(db, a);
     json!({
         "id": a.id,
         "name": a.name,
         "accounttype": if a.admin { 1 } else { 0 },
-        "roletype": if a.admin { "Admin" } else { "User" },
-        "rolename": if a.admin { "Root Admin" } else { "User" },
+        "roletype": role_type,
+        "roleid": role_id,
+        "rolename": role_name,
         "domainid": domain_id(db),
         "domain": "ROOT",
-        "state": "enabled",
+        "domainpath": "ROOT",
+        "state": a.state,
         "user": users,
     })
 }
@@ -93,7 +126,20 @@ fn new_user(ctx: &Ctx<'_>, account_id: &str) -> Result<User, ApiError> {
 /// `createAccount` (admin): an account (`accounttype` 0 user, 1 root admin) with its first
 /// user, who has no API keys until `registerUserKeys`.
 pub(super) fn create_account(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let role = match ctx.params.get("roleid") {
+        Some(id) => Some(
+            ctx.db
+                .roles
+                .iter()
+                .find(|r| r.id == id)
+                .cloned()
+                .ok_or_else(|| ApiError::param(format!("Unable to find role by id {id}")))?,
+        ),
+        None => None,
+    };
     let admin = match ctx.params.number::<u8>(ctx.command, "accounttype")? {
+        // The role's type decides (only Admin and User types are simulated).
+        _ if role.is_some() => role.as_ref().is_some_and(|r| r.role_type == "Admin"),
         None | Some(0) => false,
         Some(1) => true,
         Some(other) => {
@@ -113,6 +159,8 @@ pub(super) fn create_account(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
         id: new_id(),
         name,
         admin,
+        role_id: role.map(|r| r.id),
+        state: "enabled".into(),
     };
     let user = new_user(ctx, &account.id)?;
     ctx.db.users.push(user);
@@ -459,4 +507,123 @@ pub(super) fn list_async_jobs(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
         "asyncjobs",
         items,
     )?))
+}
+
+/// `createRole name type` (admin): a role with no rules yet.
+pub(super) fn create_role(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let name = ctx.params.require(ctx.command, "name")?.to_owned();
+    let role_type = ctx.params.require(ctx.command, "type")?.to_owned();
+    if !["Admin", "User"].contains(&role_type.as_str()) {
+        return Err(ApiError::param(format!(
+            "Invalid role type {role_type}; the simulator has Admin and User roles"
+        )));
+    }
+    let role = Role {
+        id: new_id(),
+        name,
+        role_type,
+    };
+    let body = json!({ "role": { "id": role.id, "name": role.name, "type": role.role_type } });
+    ctx.db.roles.push(role);
+    Ok(Outcome::Sync(body))
+}
+
+fn render_permission(db: &Db, p: &RolePermission) -> Value {
+    let role_name = db
+        .roles
+        .iter()
+        .find(|r| r.id == p.role_id)
+        .map(|r| r.name.clone());
+    json!({
+        "id": p.id,
+        "roleid": p.role_id,
+        "rolename": role_name,
+        "rule": p.rule,
+        "permission": p.permission,
+    })
+}
+
+/// `createRolePermission roleid rule permission` (admin): a rule after the role's others.
+pub(super) fn create_role_permission(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let role_id = ctx.params.require(ctx.command, "roleid")?.to_owned();
+    if !ctx.db.roles.iter().any(|r| r.id == role_id) {
+        return Err(ApiError::param(format!(
+            "Unable to find role by id {role_id}"
+        )));
+    }
+    let rule = ctx.params.require(ctx.command, "rule")?.to_owned();
+    if !rule.chars().all(|c| c.is_ascii_alphanumeric() || c == '*') {
+        return Err(ApiError::param(format!("Invalid rule {rule}")));
+    }
+    let permission = ctx
+        .params
+        .require(ctx.command, "permission")?
+        .to_ascii_lowercase();
+    if permission != "allow" && permission != "deny" {
+        return Err(ApiError::param(
+            "Values for permission parameter should be: allow or deny",
+        ));
+    }
+    let created = RolePermission {
+        id: new_id(),
+        role_id,
+        rule,
+        permission,
+    };
+    let body = json!({ "rolepermission": render_permission(ctx.db, &created) });
+    ctx.db.role_permissions.push(created);
+    Ok(Outcome::Sync(body))
+}
+
+/// `listRolePermissions roleid` (admin): a role's rules in the order they apply. The
+/// built-in roles: Root Admin allows `*`; User has no rules (the commands' own defaults).
+pub(super) fn list_role_permissions(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let role_id = ctx.params.get("roleid");
+    let mut items: Vec<Value> = ctx
+        .db
+        .role_permissions
+        .iter()
+        .filter(|p| role_id.is_none_or(|id| id == p.role_id))
+        .map(|p| render_permission(ctx.db, p))
+        .collect();
+    if role_id == Some(ROOT_ADMIN_ROLE_ID) {
+        items.push(json!({
+            "id": "00000000-0000-0000-0000-0000000000a1",
+            "roleid": ROOT_ADMIN_ROLE_ID,
+            "rolename": "Root Admin",
+            "rule": "*",
+            "permission": "allow",
+        }));
+    }
+    Ok(Outcome::Sync(list_response(
+        ctx.params,
+        "rolepermission",
+        items,
+    )?))
+}
+
+/// `disableAccount id lock` (admin): `disabled`, or `locked` with `lock=true`.
+pub(super) fn disable_account(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let lock = ctx.params.bool("lock", false)?;
+    set_account_state(ctx, if lock { "locked" } else { "disabled" })
+}
+
+/// `enableAccount id` (admin).
+pub(super) fn enable_account(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    set_account_state(ctx, "enabled")
+}
+
+fn set_account_state(ctx: &mut Ctx<'_>, state: &str) -> Result<Outcome, ApiError> {
+    let id = ctx.params.require(ctx.command, "id")?.to_owned();
+    let account = ctx
+        .db
+        .accounts
+        .iter_mut()
+        .find(|a| a.id == id)
+        .ok_or_else(|| ApiError::param(format!("Unable to find account by id {id}")))?;
+    account.state = state.to_owned();
+    let account = account.clone();
+    Ok(Outcome::Sync(
+        json!({ "account": render_account(ctx.db, &account) }),
+    ))
 }
