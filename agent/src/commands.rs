@@ -21,6 +21,11 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::config::{CKS_SUCCESS_MARKER, Config};
+
+/// Longest a `systemctl` call may take.
+const SYSTEMCTL_LIMIT: Duration = Duration::from_secs(5 * 60);
+/// How long the readiness probe's kubectl may take (it runs beside the heartbeat, never in it).
+const READY_PROBE_LIMIT: Duration = Duration::from_secs(20);
 use crate::images::ImageStore;
 use crate::journal::write_atomic;
 use crate::kube::kubeadm::Kubeadm;
@@ -131,8 +136,12 @@ impl Executor {
         if !kubeadm.node_is_set_up() {
             return false;
         }
-        let kubectl = Kubectl::new(self.config.kubectl_program(), kubeadm.kubelet_conf());
-        matches!(kubectl.node(&self.node_name), Ok(Some(node)) if node.ready)
+        let kubectl = Kubectl::new(self.config.kubectl_program(), kubeadm.kubelet_conf())
+            .with_request_timeout(READY_PROBE_LIMIT);
+        crate::process::with_deadline(
+            std::time::Instant::now() + READY_PROBE_LIMIT,
+            || matches!(kubectl.node(&self.node_name), Ok(Some(node)) if node.ready),
+        )
     }
 
     /// Runs `command`; the result carries its id. Blocking.
@@ -331,10 +340,13 @@ impl Executor {
     }
 
     fn systemctl(&self, args: &[&str]) -> Result<(), String> {
-        let out = Process::new(&self.config.systemctl)
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run {:?}: {e}", self.config.systemctl))?;
+        let out = crate::process::output_within(
+            Process::new(&self.config.systemctl)
+                .args(args)
+                .stdin(std::process::Stdio::null()),
+            SYSTEMCTL_LIMIT,
+        )
+        .map_err(|e| format!("cannot run {:?}: {e}", self.config.systemctl))?;
         if out.status.success() {
             Ok(())
         } else {

@@ -42,6 +42,10 @@ use crate::images::archive::{BlobChanged, ImportArchive};
 
 /// The containerd namespace Kubernetes' CRI uses.
 pub const K8S_NAMESPACE: &str = "k8s.io";
+/// Longest a `ctr` query may take.
+pub const CTR_LIMIT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+/// Longest one image archive's import may take.
+pub const CTR_IMPORT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 /// containerd's CRI plugin section (config version 2) that holds `sandbox_image`.
 const CRI_SECTION: &str = "[plugins.\"io.containerd.grpc.v1.cri\"]";
 
@@ -159,12 +163,11 @@ impl CtrImageStore {
 
     /// Runs `ctr … <args>` with no input and returns its standard output.
     fn output(&self, args: &[&str]) -> Result<String, ImageStoreError> {
-        let output = self
-            .command()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| self.spawn_error(e))?;
+        let output = crate::process::output_within(
+            self.command().args(args).stdin(Stdio::null()),
+            CTR_LIMIT,
+        )
+        .map_err(|e| self.spawn_error(e))?;
         if !output.status.success() {
             return Err(ImageStoreError::Failed {
                 operation: args.join(" "),
@@ -203,22 +206,48 @@ impl ImageStore for CtrImageStore {
         let mut stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        // Drain both outputs while feeding stdin, so that neither side can block the other.
+        let allowed = crate::process::remaining(CTR_IMPORT_LIMIT);
+        let deadline = std::time::Instant::now() + allowed;
+        let child = std::sync::Mutex::new(child);
+        let finished = std::sync::atomic::AtomicBool::new(false);
+        let killed = std::sync::atomic::AtomicBool::new(false);
+        // Drain both outputs while feeding stdin, so that neither side can block the other; a
+        // watchdog kills ctr at the deadline, which also unblocks a stalled stdin.
         let (streamed, out, err) = std::thread::scope(|scope| {
             let out = scope.spawn(|| drain(stdout));
             let err = scope.spawn(|| drain(stderr));
+            scope.spawn(|| {
+                use std::sync::atomic::Ordering;
+                while !finished.load(Ordering::Acquire) {
+                    if std::time::Instant::now() >= deadline {
+                        killed.store(true, Ordering::Release);
+                        let mut child = child
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let _ = child.kill();
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+            });
             let streamed = match stdin.as_mut() {
                 Some(stdin) => io::copy(archive, stdin).map(drop),
                 None => Ok(()),
             };
             drop(stdin.take()); // EOF for ctr (a truncated tar, if streaming failed).
-            (
-                streamed,
-                out.join().unwrap_or_default(),
-                err.join().unwrap_or_default(),
-            )
+            let out = out.join().unwrap_or_default();
+            let err = err.join().unwrap_or_default();
+            finished.store(true, std::sync::atomic::Ordering::Release);
+            (streamed, out, err)
         });
-        let status = child.wait().map_err(|e| self.spawn_error(e))?;
+        let status = child
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .wait()
+            .map_err(|e| self.spawn_error(e))?;
+        if killed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(self.spawn_error(crate::process::timed_out("ctr images import", allowed)));
+        }
         // A failure to produce the archive is the cause of ctr's failure, not the other way
         // round; a broken pipe means ctr stopped reading: its own error says why.
         let streamed = match streamed {

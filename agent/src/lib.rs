@@ -39,6 +39,7 @@ pub mod images;
 pub mod install;
 pub mod journal;
 pub mod kube;
+pub mod process;
 pub mod session;
 
 use std::io::Read;

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cks_controller::agents::{AgentHub, HubError, MemoryTokens, NodeKey, NodeStatus};
+use cks_controller::agents::{AgentHub, EveryNode, HubError, MemoryTokens, NodeKey, NodeStatus};
 use cks_controller::pki::{AgentCa, NodeIdentity};
 use cks_proto::agent::command::Kind;
 use cks_proto::agent::command_result::Payload;
@@ -66,6 +66,7 @@ impl Controller {
         let hub = AgentHub::new(
             ca,
             Arc::new(MemoryTokens::default()),
+            Arc::new(EveryNode),
             Duration::from_secs(1),
         );
         let (addr, handle) = hub

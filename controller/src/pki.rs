@@ -10,11 +10,16 @@
 //!   used: subject, names and usages are the controller's (CN = node name, O = `cks-cluster:<id>`,
 //!   OU = role, clientAuth only), so a node cannot ask for more than its token allows and a node
 //!   certificate can never serve as the controller's.
+//! * Node certificates are renewed over the node's own mTLS stream ([`AgentCa::issue_node`]
+//!   again, for a new key, same identity); a node's certificate is only honoured while the
+//!   controller's records still hold that node (see `agents::Roster`).
+//! * Private key files must be readable by their owner only: [`check_private_file`] refuses a
+//!   key whose mode gives group or others any access, naming the file and the fix.
 
 use std::fs;
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -63,6 +68,55 @@ pub enum PkiError {
     /// A peer certificate does not carry a node identity.
     #[error("not a node certificate: {0}")]
     NotANodeCertificate(String),
+    /// A private key file is readable by others than its owner.
+    #[error(
+        "private key file {path:?} has mode {mode:04o}, readable by others than its owner; \
+         run `chmod 600 {path:?}` (and check who may have read it)"
+    )]
+    KeyFileMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// A CSR that parsed and whose signature verified: only its public key is ever used.
+pub struct VerifiedCsr {
+    public_key: rcgen::PublicKey,
+    key_sha256: String,
+}
+
+impl VerifiedCsr {
+    /// Parses `csr_pem` and verifies its self-signature.
+    ///
+    /// # Errors
+    /// [`PkiError::BadCsr`] when it does not parse or its signature is wrong.
+    pub fn parse(csr_pem: &str) -> Result<VerifiedCsr, PkiError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|err| PkiError::BadCsr(err.to_string()))?;
+        let key_sha256 = hex::encode(Sha256::digest(
+            rcgen::PublicKeyData::subject_public_key_info(&csr.public_key),
+        ));
+        Ok(VerifiedCsr {
+            public_key: csr.public_key,
+            key_sha256,
+        })
+    }
+
+    /// SHA-256 (hex) of the requested public key's SubjectPublicKeyInfo: what an enrollment
+    /// token is bound to, so a retried enrollment with the same key is recognised.
+    pub fn key_sha256(&self) -> &str {
+        &self.key_sha256
+    }
+}
+
+impl std::fmt::Debug for VerifiedCsr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedCsr")
+            .field("key_sha256", &self.key_sha256)
+            .finish()
+    }
 }
 
 /// Who a node certificate names: the cluster, the node (its VM name) and its role.
@@ -81,6 +135,7 @@ pub struct AgentCa {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
     cert_der: Vec<u8>,
+    node_validity: Duration,
 }
 
 impl std::fmt::Debug for AgentCa {
@@ -120,6 +175,7 @@ impl AgentCa {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         if cert_path.exists() && key_path.exists() {
+            check_private_file(&key_path)?;
             let cert_pem = read(&cert_path)?;
             let key_pem = read(&key_path)?;
             let key = KeyPair::from_pem(&key_pem).map_err(|source| PkiError::Certificate {
@@ -140,9 +196,10 @@ impl AgentCa {
                 issuer,
                 cert_pem,
                 cert_der,
+                node_validity: NODE_CERT_VALIDITY,
             });
         }
-        fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        create_private_dir(dir).map_err(|source| PkiError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
@@ -169,7 +226,16 @@ impl AgentCa {
             issuer: Issuer::new(params, key),
             cert_pem,
             cert_der,
+            node_validity: NODE_CERT_VALIDITY,
         })
+    }
+
+    /// The same CA issuing node certificates valid for `validity` (tests of renewal; operators
+    /// keep [`NODE_CERT_VALIDITY`]).
+    #[must_use]
+    pub fn with_node_validity(mut self, validity: Duration) -> AgentCa {
+        self.node_validity = validity;
+        self
     }
 
     /// The CA certificate (PEM), which agents trust after enrollment.
@@ -210,13 +276,15 @@ impl AgentCa {
         })
     }
 
-    /// Issues a node certificate for the public key in `csr_pem`, naming `identity`.
+    /// Issues a node certificate for the public key of `csr`, naming `identity`.
     ///
     /// # Errors
-    /// [`PkiError::BadCsr`] when the CSR cannot be parsed or its signature is wrong.
-    pub fn issue_node(&self, csr_pem: &str, identity: &NodeIdentity) -> Result<String, PkiError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|err| PkiError::BadCsr(err.to_string()))?;
+    /// Signing failed.
+    pub fn issue_node(
+        &self,
+        csr: VerifiedCsr,
+        identity: &NodeIdentity,
+    ) -> Result<String, PkiError> {
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, identity.node_name.as_str());
@@ -233,7 +301,7 @@ impl AgentCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + NODE_CERT_VALIDITY;
+        params.not_after = now + self.node_validity;
         let signed = CertificateSigningRequestParams {
             params,
             public_key: csr.public_key,
@@ -273,6 +341,39 @@ pub fn node_identity(cert_der: &[u8]) -> Result<NodeIdentity, PkiError> {
         node_name,
         role,
     })
+}
+
+/// Refuses a private key file that group or others may access in any way.
+///
+/// # Errors
+/// [`PkiError::KeyFileMode`] naming the file and the `chmod 600` that fixes it;
+/// [`PkiError::Io`] when it cannot be examined.
+pub fn check_private_file(path: &Path) -> Result<(), PkiError> {
+    let meta = fs::metadata(path).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(PkiError::KeyFileMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) if needed and makes `dir` itself mode 0700 whatever the
+/// umask, also when it existed with a wider mode.
+///
+/// # Errors
+/// It cannot be created or its mode cannot be set.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 /// `sha256:<hex>` of a certificate's DER.
@@ -375,7 +476,9 @@ mod tests {
             node_name: "k8s-node-1".into(),
             role: NodeRole::Worker,
         };
-        let pem = ca.issue_node(&csr, &identity).unwrap();
+        let pem = ca
+            .issue_node(VerifiedCsr::parse(&csr).unwrap(), &identity)
+            .unwrap();
         let der = pem_to_der(&pem).unwrap();
         assert_eq!(node_identity(&der).unwrap(), identity);
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
@@ -387,17 +490,65 @@ mod tests {
 
     #[test]
     fn garbage_csr_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = AgentCa::load_or_create(dir.path()).unwrap();
-        let identity = NodeIdentity {
-            cluster_id: "c".into(),
-            node_name: "n".into(),
-            role: NodeRole::Worker,
-        };
         assert!(matches!(
-            ca.issue_node("not a csr", &identity),
+            VerifiedCsr::parse("not a csr"),
             Err(PkiError::BadCsr(_))
         ));
+        let (_key, good) = csr();
+        // Flip one character inside the base64 body: the signature no longer verifies.
+        let mut bad = good.clone().into_bytes();
+        let at = bad.len() / 2;
+        bad[at] = if bad[at] == b'A' { b'B' } else { b'A' };
+        assert!(VerifiedCsr::parse(&String::from_utf8(bad).unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_csr_is_known_by_its_public_key() {
+        let (key, first) = csr();
+        let again = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let (_other, other) = csr();
+        let digest = |pem: &str| VerifiedCsr::parse(pem).unwrap().key_sha256().to_string();
+        assert_eq!(digest(&first), digest(&again));
+        assert_ne!(digest(&first), digest(&other));
+    }
+
+    #[test]
+    fn a_ca_key_readable_by_others_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        AgentCa::load_or_create(dir.path()).unwrap();
+        let key = dir.path().join(CA_KEY_FILE);
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = AgentCa::load_or_create(dir.path()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, PkiError::KeyFileMode { mode: 0o644, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains(CA_KEY_FILE) && text.contains("chmod 600"),
+            "{text}"
+        );
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        AgentCa::load_or_create(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_private_dir_is_0700_whatever_the_umask_and_its_old_mode() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("data");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&dir).unwrap();
+        let fresh = base.path().join("a/b");
+        create_private_dir(&fresh).unwrap();
+        for path in [&dir, &fresh] {
+            let mode = fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{path:?}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Secrets at rest: kubeconfigs and registry passwords are sealed with ChaCha20-Poly1305 under
 //! a key kept in a file of its own (mode 0600, created on first start), so a copy of the
 //! database alone reveals nothing. The cluster id and secret name are the associated data: a
-//! sealed value moved to another row does not open.
+//! sealed value moved to another row does not open. A key file that group or others may read
+//! is refused at load (the error names the file and `chmod 600`).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,6 +28,17 @@ pub enum SealError {
     /// The key file holds something else than a key.
     #[error("secrets key file {0} is not a {KEY_LEN}-byte key")]
     BadKey(PathBuf),
+    /// The key file is readable by others than its owner.
+    #[error(
+        "secrets key file {path} has mode {mode:04o}, readable by others than its owner; \
+         run `chmod 600 {path}` (and check who may have read it)"
+    )]
+    KeyFileMode {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A sealed value does not open with this key (tampered, truncated, or another key).
     #[error("a sealed secret does not open with this controller's key")]
     Open,
@@ -66,7 +78,21 @@ impl Sealer {
             source,
         };
         let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
+            Ok(bytes) => {
+                use std::os::unix::fs::PermissionsExt as _;
+                let mode = std::fs::metadata(path)
+                    .map_err(key_file)?
+                    .permissions()
+                    .mode()
+                    & 0o7777;
+                if mode & 0o077 != 0 {
+                    return Err(SealError::KeyFileMode {
+                        path: path.to_path_buf(),
+                        mode,
+                    });
+                }
+                bytes
+            }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(key_file)?;
@@ -168,5 +194,26 @@ mod tests {
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn a_key_file_readable_by_others_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secrets.key");
+        Sealer::load_or_create(&path).expect("create");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = Sealer::load_or_create(&path).expect_err("0644 refused");
+        let text = err.to_string();
+        assert!(
+            matches!(err, SealError::KeyFileMode { mode: 0o644, .. }),
+            "{text}"
+        );
+        assert!(
+            text.contains("secrets.key") && text.contains("chmod 600"),
+            "{text}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        Sealer::load_or_create(&path).expect("0600 accepted");
     }
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agents::AgentHub;
+use crate::agents::StoreRoster;
 use crate::agents::hub::DEFAULT_HEARTBEAT;
 use crate::agents::tokens::StoreTokens;
 use crate::api::Api;
@@ -88,7 +89,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         crate::crashpoint::arm(ledger.clone());
     }
     let data = &config.data_dir;
-    std::fs::create_dir_all(data)
+    crate::pki::create_private_dir(data)
         .map_err(|e| StartError::DataDir(data.display().to_string(), e))?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.join("state.db"))?);
     let sealer = Arc::new(Sealer::load_or_create(&data.join("secrets.key"))?);
@@ -136,6 +137,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let hub = AgentHub::new(
         ca.clone(),
         Arc::new(StoreTokens::new(store.clone())),
+        Arc::new(StoreRoster::new(store.clone())),
         DEFAULT_HEARTBEAT,
     );
 

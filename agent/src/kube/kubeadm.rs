@@ -18,6 +18,9 @@ use std::process::Command;
 use cks_proto::agent::{InitControlPlane, JoinControlPlane, JoinMaterial, JoinWorker};
 
 /// Where kubeadm writes what tells us a node is already initialised or joined.
+/// Longest a kubeadm run may take; the running command's deadline cuts it further
+/// ([`crate::process`]).
+pub const KUBEADM_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 const ADMIN_CONF: &str = "etc/kubernetes/admin.conf";
 const KUBELET_CONF: &str = "etc/kubernetes/kubelet.conf";
 
@@ -349,13 +352,16 @@ impl Kubeadm {
         secrets: &[&str],
     ) -> Result<String, KubeadmError> {
         tracing::info!(command, "running kubeadm");
-        let out = Command::new(&self.binary)
-            .args(args)
-            .output()
-            .map_err(|source| KubeadmError::Spawn {
-                binary: self.binary.clone(),
-                source,
-            })?;
+        let out = crate::process::output_within(
+            Command::new(&self.binary)
+                .args(args)
+                .stdin(std::process::Stdio::null()),
+            KUBEADM_LIMIT,
+        )
+        .map_err(|source| KubeadmError::Spawn {
+            binary: self.binary.clone(),
+            source,
+        })?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() {
             return Ok(stdout);

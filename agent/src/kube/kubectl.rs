@@ -18,6 +18,9 @@ use tracing::warn;
 
 /// How long a drain may take when the controller gives no timeout.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest any kubectl run may take (a drain's own timeout is shorter); the running command's
+/// deadline cuts it further ([`crate::process`]).
+pub const KUBECTL_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// The namespace of the cluster's own pods (control plane, kube-proxy, DNS, CNI).
 const KUBE_SYSTEM: &str = "kube-system";
 /// What kubectl drain prints for an eviction a PodDisruptionBudget refused.
@@ -391,10 +394,7 @@ impl Kubectl {
         if let Some(timeout) = self.request_timeout {
             command.arg(format!("--request-timeout={}s", timeout.as_secs().max(1)));
         }
-        command
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .output()
+        crate::process::output_within(command.args(args).env_remove("KUBECONFIG"), KUBECTL_LIMIT)
             .map_err(|source| KubectlError::Spawn {
                 binary: self.binary.clone(),
                 source,

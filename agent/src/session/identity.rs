@@ -2,6 +2,13 @@
 //! issued at enrollment, and the controller's CA. Kept in `<data dir>/pki/` (key and
 //! certificate mode 0600), so enrollment happens once per node and a restarted agent resumes
 //! with mTLS right away.
+//!
+//! * The enrollment key is made once and kept (`<data dir>/enroll.key`, 0600) until enrollment
+//!   succeeds, so a retried enrollment (a lost reply) presents the same key, which the
+//!   controller's token is bound to.
+//! * A renewed identity replaces the old one as a whole: it is written to `pki.new/` and swapped
+//!   in by renames; [`load`] finishes a swap a crash interrupted, so the key and the certificate
+//!   on disk always belong together.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +27,10 @@ const KEY_FILE: &str = "node.key";
 const CERT_FILE: &str = "node.crt";
 const CA_FILE: &str = "controller-ca.crt";
 const IDENTITY_FILE: &str = "identity.json";
+/// The key being enrolled, kept across attempts.
+const ENROLL_KEY_FILE: &str = "enroll.key";
+/// A certificate with less than this share of its lifetime left is renewed.
+const RENEW_WHEN_LEFT: f64 = 1.0 / 3.0;
 
 /// The enrolled identity.
 #[derive(Clone)]
@@ -85,6 +96,9 @@ pub enum IdentityError {
     /// TLS setup.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The node certificate cannot be read.
+    #[error("node certificate: {0}")]
+    Certificate(String),
 }
 
 impl IdentityError {
@@ -99,6 +113,7 @@ impl IdentityError {
 /// # Errors
 /// A damaged identity directory.
 pub fn load(data_dir: &Path) -> Result<Option<NodeIdentity>, IdentityError> {
+    finish_swap(data_dir)?;
     let dir = data_dir.join(PKI_DIR);
     let files = [KEY_FILE, CERT_FILE, CA_FILE, IDENTITY_FILE].map(|f| dir.join(f));
     if !files.iter().all(|f| f.exists()) {
@@ -137,15 +152,8 @@ pub async fn enroll(
     token: &str,
     node_name: &str,
 ) -> Result<NodeIdentity, IdentityError> {
-    let key = KeyPair::generate().map_err(IdentityError::Key)?;
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, node_name);
-    params.distinguished_name = name;
-    let csr_pem = params
-        .serialize_request(&key)
-        .and_then(|csr| csr.pem())
-        .map_err(IdentityError::Key)?;
+    let key = enrollment_key(data_dir)?;
+    let csr_pem = csr(&key, node_name)?;
     let config = tls::enrollment_config(ca_fingerprint)?;
     let mut last = None;
     for address in addresses {
@@ -182,6 +190,7 @@ pub async fn enroll(
                     },
                 };
                 store(data_dir, &identity)?;
+                let _ = std::fs::remove_file(data_dir.join(ENROLL_KEY_FILE));
                 info!(cluster = identity.facts.cluster_id, role = identity.facts.role, %address, "enrolled with the controller");
                 return Ok(identity);
             }
@@ -207,8 +216,118 @@ pub async fn enroll(
     }))
 }
 
+/// A new key and a CSR for it, for renewing the certificate of `node_name`.
+///
+/// # Errors
+/// Key or CSR generation failed.
+pub fn renewal_request(node_name: &str) -> Result<(KeyPair, String), IdentityError> {
+    let key = KeyPair::generate().map_err(IdentityError::Key)?;
+    let csr_pem = csr(&key, node_name)?;
+    Ok((key, csr_pem))
+}
+
+/// Whether the certificate in `cert_pem` has less than a third of its lifetime left at `now`.
+///
+/// # Errors
+/// [`IdentityError::Certificate`] when it cannot be parsed.
+pub fn renewal_due(cert_pem: &str, now: std::time::SystemTime) -> Result<bool, IdentityError> {
+    let der = tls::pem_certificates(cert_pem)
+        .into_iter()
+        .next()
+        .ok_or_else(|| IdentityError::Certificate("no certificate in node.crt".into()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|err| IdentityError::Certificate(err.to_string()))?;
+    let validity = cert.validity();
+    let not_before = validity.not_before.timestamp();
+    let not_after = validity.not_after.timestamp();
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    #[allow(clippy::cast_precision_loss)]
+    let (lifetime, left) = ((not_after - not_before) as f64, (not_after - now) as f64);
+    Ok(left < lifetime * RENEW_WHEN_LEFT)
+}
+
+/// Replaces the stored identity with `identity` (a renewed key and certificate) as a whole.
+///
+/// # Errors
+/// Writing failed; the old identity is then still in place.
+pub fn store_renewed(data_dir: &Path, identity: &NodeIdentity) -> Result<(), IdentityError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IdentityError::Io { path, source }
+    };
+    let staged = data_dir.join(format!("{PKI_DIR}.new"));
+    if staged.exists() {
+        std::fs::remove_dir_all(&staged).map_err(io(&staged))?;
+    }
+    write_identity(&staged, identity)?;
+    let old = data_dir.join(format!("{PKI_DIR}.old"));
+    let current = data_dir.join(PKI_DIR);
+    std::fs::rename(&current, &old).map_err(io(&current))?;
+    finish_swap(data_dir)
+}
+
+/// Completes an identity swap: `pki.new` (complete) becomes `pki`; without it, `pki.old` goes
+/// back; a leftover `pki.old` beside `pki` is removed.
+fn finish_swap(data_dir: &Path) -> Result<(), IdentityError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IdentityError::Io { path, source }
+    };
+    let current = data_dir.join(PKI_DIR);
+    let staged = data_dir.join(format!("{PKI_DIR}.new"));
+    let old = data_dir.join(format!("{PKI_DIR}.old"));
+    if !current.exists() {
+        if staged.join(IDENTITY_FILE).exists() {
+            std::fs::rename(&staged, &current).map_err(io(&staged))?;
+        } else if old.exists() {
+            std::fs::rename(&old, &current).map_err(io(&old))?;
+        }
+    }
+    for leftover in [&old, &staged] {
+        if current.exists() && leftover.exists() {
+            std::fs::remove_dir_all(leftover).map_err(io(leftover))?;
+        }
+    }
+    Ok(())
+}
+
+/// The key to enroll with: the one a previous attempt made, or a new one (kept, 0600).
+fn enrollment_key(data_dir: &Path) -> Result<KeyPair, IdentityError> {
+    let path = data_dir.join(ENROLL_KEY_FILE);
+    let io = |source| IdentityError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Ok(der) = std::fs::read(&path)
+        && let Ok(key) = KeyPair::try_from(der.as_slice())
+    {
+        return Ok(key);
+    }
+    let key = KeyPair::generate().map_err(IdentityError::Key)?;
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    write_atomic(&path, &key.serialize_der(), 0o600).map_err(io)?;
+    Ok(key)
+}
+
+fn csr(key: &KeyPair, node_name: &str) -> Result<String, IdentityError> {
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, node_name);
+    params.distinguished_name = name;
+    params
+        .serialize_request(key)
+        .and_then(|csr| csr.pem())
+        .map_err(IdentityError::Key)
+}
+
 fn store(data_dir: &Path, identity: &NodeIdentity) -> Result<(), IdentityError> {
-    let dir = data_dir.join(PKI_DIR);
+    write_identity(&data_dir.join(PKI_DIR), identity)
+}
+
+fn write_identity(dir: &Path, identity: &NodeIdentity) -> Result<(), IdentityError> {
+    let dir = dir.to_path_buf();
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| IdentityError::Io { path, source }

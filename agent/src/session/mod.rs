@@ -10,13 +10,21 @@
 //!   stream open: `Hello` with the node's whole state first, then progress, results and
 //!   heartbeats out, commands in. When the stream breaks it reconnects with jittered
 //!   exponential backoff; the journal makes every command id run once and be answered again
-//!   on request.
+//!   on request. Once welcomed, a session whose certificate has less than a third of its
+//!   lifetime left asks for a new one over the stream; the renewed identity is stored as a
+//!   whole and used from the next connection.
+//!
+//! Nothing on the session's path waits on a tool: the heartbeat sends the node's readiness as
+//! last seen by a probe task of its own (kubectl, bounded), and each command runs under the
+//! deadline its `timeout_seconds` gives ([`crate::process`]): a hung kubeadm, kubectl or ctr is
+//! killed at it and the command fails, saying it timed out.
 
 pub mod identity;
 pub mod tls;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,8 +32,8 @@ use cks_proto::agent::agent_message::Kind as AgentKind;
 use cks_proto::agent::controller_message::Kind as ControllerKind;
 use cks_proto::agent::node_session_client::NodeSessionClient;
 use cks_proto::agent::{
-    AgentMessage, BundleInfo, Command, CommandResult, Heartbeat, Hello, OsFacts, Progress,
-    StepState, StepStatus,
+    AgentMessage, BundleInfo, CertificateRenewed, Command, CommandResult, Heartbeat, Hello,
+    OsFacts, Progress, RenewCertificate, StepState, StepStatus,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -76,6 +84,8 @@ struct Shared {
     progress: mpsc::UnboundedSender<Progress>,
     phase: watch::Sender<InstallPhase>,
     running: Mutex<HashSet<String>>,
+    /// The kubelet's view of this node, as the readiness probe last saw it.
+    node_ready: AtomicBool,
 }
 
 impl Shared {
@@ -136,6 +146,7 @@ pub async fn run(
         progress: progress_tx,
         phase: phase_tx,
         running: Mutex::new(HashSet::new()),
+        node_ready: AtomicBool::new(false),
     });
 
     // The bundle task: independent of the controller.
@@ -149,6 +160,7 @@ pub async fn run(
     // The command worker.
     let results = ResultJournal::new(&data_dir);
     let executor = Executor::new(config.clone(), node_name.clone(), images);
+    tokio::spawn(probe_readiness(executor.clone(), shared.clone()));
     let (command_tx, command_rx) = mpsc::unbounded_channel::<Command>();
     let (result_tx, mut result_rx) = mpsc::unbounded_channel::<CommandResult>();
     tokio::spawn(command_worker(
@@ -188,25 +200,26 @@ pub async fn run(
             Err(err) => return Err(err.into()),
         }
     };
-    let tls_config = tls::session_config(&identity.ca_pem, &identity.cert_pem, &identity.key_der)
-        .map_err(identity::IdentityError::from)?;
-
     let mut session = Stream {
         shared,
         results,
-        executor,
         command_tx,
+        identity,
+        data_dir,
+        renewal: None,
     };
     let mut backoff = Backoff::new();
     loop {
         for address in &controller.addresses {
+            // Built per connection: a renewal changes the identity.
+            let tls_config = tls::session_config(
+                &session.identity.ca_pem,
+                &session.identity.cert_pem,
+                &session.identity.key_der,
+            )
+            .map_err(identity::IdentityError::from)?;
             match session
-                .run_once(
-                    address,
-                    tls_config.clone(),
-                    &mut result_rx,
-                    &mut progress_rx,
-                )
+                .run_once(address, tls_config, &mut result_rx, &mut progress_rx)
                 .await
             {
                 Ok(served) => {
@@ -228,8 +241,12 @@ pub async fn run(
 struct Stream {
     shared: Arc<Shared>,
     results: ResultJournal,
-    executor: Executor,
     command_tx: mpsc::UnboundedSender<Command>,
+    /// The identity streams are opened with.
+    identity: identity::NodeIdentity,
+    data_dir: PathBuf,
+    /// The new key of a renewal asked on the current stream.
+    renewal: Option<rcgen::KeyPair>,
 }
 
 impl Stream {
@@ -253,6 +270,7 @@ impl Stream {
             .await?
             .into_inner();
         let mut welcomed = false;
+        self.renewal = None;
         let mut heartbeat = tokio::time::interval(DEFAULT_HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -266,7 +284,9 @@ impl Stream {
                             heartbeat = tokio::time::interval(every);
                             heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                             info!(cluster = welcome.cluster_id, heartbeat = ?every, "connected to the controller");
+                            self.ask_renewal_if_due(&tx).await?;
                         }
+                        Some(ControllerKind::CertificateRenewed(renewed)) => self.renewed(renewed),
                         Some(ControllerKind::Command(command)) => self.accept(command, &tx).await?,
                         Some(ControllerKind::ResendResults(resend)) => {
                             for id in resend.command_ids {
@@ -286,10 +306,8 @@ impl Stream {
                     tx.send(message(AgentKind::Progress(progress))).await?;
                 }
                 _ = heartbeat.tick() => {
-                    let executor = self.executor.clone();
-                    let node_ready = tokio::task::spawn_blocking(move || executor.node_ready())
-                        .await
-                        .unwrap_or(false);
+                    // Never waits on kubectl: the probe task keeps this up to date.
+                    let node_ready = self.shared.node_ready.load(Ordering::Relaxed);
                     let beat = Heartbeat { at_unix: now_unix(), node_ready };
                     tx.send(message(AgentKind::Heartbeat(beat))).await?;
                 }
@@ -326,6 +344,79 @@ impl Stream {
         Ok(())
     }
 
+    /// Asks for a new certificate when less than a third of this one's lifetime is left (once
+    /// per stream).
+    async fn ask_renewal_if_due(
+        &mut self,
+        tx: &mpsc::Sender<AgentMessage>,
+    ) -> Result<(), mpsc::error::SendError<AgentMessage>> {
+        if self.renewal.is_some() {
+            return Ok(());
+        }
+        match identity::renewal_due(&self.identity.cert_pem, SystemTime::now()) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(err) => {
+                warn!(error = %identity::error_chain(&err), "cannot read the node certificate's validity");
+                return Ok(());
+            }
+        }
+        let (key, csr_pem) = match identity::renewal_request(&self.shared.node_name) {
+            Ok(request) => request,
+            Err(err) => {
+                warn!(error = %identity::error_chain(&err), "cannot make a key to renew the node certificate");
+                return Ok(());
+            }
+        };
+        info!("node certificate past two thirds of its lifetime; asking for a new one");
+        self.renewal = Some(key);
+        tx.send(message(AgentKind::RenewCertificate(RenewCertificate {
+            csr_pem,
+        })))
+        .await
+    }
+
+    /// The controller answered a renewal: store the new identity, use it from the next
+    /// connection.
+    fn renewed(&mut self, renewed: CertificateRenewed) {
+        let Some(key) = self.renewal.take() else {
+            debug!("a renewed certificate nobody asked for on this stream; ignored");
+            return;
+        };
+        if !renewed.error.is_empty() || renewed.certificate_pem.is_empty() {
+            warn!(
+                error = renewed.error,
+                "the controller refused to renew the node certificate"
+            );
+            return;
+        }
+        let identity = identity::NodeIdentity {
+            key_der: key.serialize_der(),
+            cert_pem: renewed.certificate_pem,
+            ca_pem: if renewed.ca_pem.is_empty() {
+                self.identity.ca_pem.clone()
+            } else {
+                renewed.ca_pem
+            },
+            facts: self.identity.facts.clone(),
+        };
+        if let Err(err) =
+            tls::session_config(&identity.ca_pem, &identity.cert_pem, &identity.key_der)
+        {
+            warn!(error = %err, "the renewed certificate is unusable; keeping the old one");
+            return;
+        }
+        match identity::store_renewed(&self.data_dir, &identity) {
+            Ok(()) => {
+                info!("node certificate renewed; used from the next connection");
+                self.identity = identity;
+            }
+            Err(err) => {
+                warn!(error = %identity::error_chain(&err), "cannot store the renewed certificate; keeping the old one");
+            }
+        }
+    }
+
     fn hello(&self) -> Hello {
         Hello {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -348,22 +439,53 @@ async fn command_worker(
 ) {
     while let Some(command) = commands.recv().await {
         let id = command.command_id.clone();
-        let installed = phase
-            .wait_for(|p| *p != InstallPhase::Pending)
-            .await
-            .map(|p| p.clone());
-        let result = match installed {
-            Ok(InstallPhase::Done) => {
-                let executor = executor.clone();
-                let command = command.clone();
-                tokio::task::spawn_blocking(move || executor.execute(&command))
+        // The controller stops waiting after `timeout_seconds`: so does the agent.
+        let limit = (command.timeout_seconds > 0)
+            .then(|| Duration::from_secs(u64::from(command.timeout_seconds)));
+        let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+        let waited = match deadline {
+            Some(deadline) => {
+                tokio::time::timeout_at(deadline, phase.wait_for(|p| *p != InstallPhase::Pending))
                     .await
-                    .unwrap_or_else(|err| failed(&id, &format!("command crashed: {err}")))
+                    .map(|r| r.map(|p| p.clone()))
             }
-            Ok(InstallPhase::Failed(why)) => {
+            None => Ok(phase
+                .wait_for(|p| *p != InstallPhase::Pending)
+                .await
+                .map(|p| p.clone())),
+        };
+        let result = match waited {
+            Err(_) => failed(
+                &id,
+                &format!(
+                    "timed out after {}s waiting for the bundle install",
+                    command.timeout_seconds
+                ),
+            ),
+            Ok(Ok(InstallPhase::Done)) => {
+                let executor = executor.clone();
+                let running = command.clone();
+                let std_deadline = deadline.map(tokio::time::Instant::into_std);
+                let mut result = tokio::task::spawn_blocking(move || match std_deadline {
+                    Some(deadline) => {
+                        crate::process::with_deadline(deadline, || executor.execute(&running))
+                    }
+                    None => executor.execute(&running),
+                })
+                .await
+                .unwrap_or_else(|err| failed(&id, &format!("command crashed: {err}")));
+                if !result.ok && deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    result.error = format!(
+                        "timed out after {}s and was cut: {}",
+                        command.timeout_seconds, result.error
+                    );
+                }
+                result
+            }
+            Ok(Ok(InstallPhase::Failed(why))) => {
                 failed(&id, &format!("the bundle is not installed: {why}"))
             }
-            _ => failed(&id, "the agent is shutting down"),
+            Ok(_) => failed(&id, "the agent is shutting down"),
         };
         if let Err(err) = results.put(&result) {
             // Without the journal the result could be lost with the stream; send it anyway.
@@ -371,6 +493,19 @@ async fn command_worker(
         }
         lock(&shared.running).remove(&id);
         let _ = result_tx.send(result);
+    }
+}
+
+/// Keeps `shared.node_ready` up to date from kubectl, beside the session (a hung kubectl delays
+/// only this probe, bounded by its own limit, never a heartbeat).
+async fn probe_readiness(executor: Executor, shared: Arc<Shared>) {
+    loop {
+        let probe = executor.clone();
+        let ready = tokio::task::spawn_blocking(move || probe.node_ready())
+            .await
+            .unwrap_or(false);
+        shared.node_ready.store(ready, Ordering::Relaxed);
+        tokio::time::sleep(DEFAULT_HEARTBEAT).await;
     }
 }
 

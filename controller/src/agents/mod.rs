@@ -2,6 +2,8 @@
 //! holds one stream per node, behind the [`Agents`] trait the workflows use.
 
 pub mod hub;
+pub mod roster;
+pub mod sources;
 pub mod tokens;
 
 use std::future::Future;
@@ -10,7 +12,9 @@ use std::time::Duration;
 
 use cks_proto::agent::{Command, CommandResult};
 
-pub use hub::{AgentHub, HubError, NodeKey, NodeStatus};
+pub use hub::{AgentHub, HubError, HubFootprint, NodeKey, NodeStatus};
+pub use roster::{EveryNode, Roster, StoreRoster};
+pub use sources::{CloudSources, EnrollmentSources};
 pub use tokens::{EnrollmentTokens, MemoryTokens, TokenError};
 
 use crate::pki::NodeIdentity;

@@ -1,6 +1,11 @@
 //! One-time enrollment tokens (contract 2): short-lived, scoped to one cluster, one node and one
 //! role, consumed by the first successful enrollment.
 //!
+//! A token is spent only by an enrollment that succeeds: the hub verifies the CSR before it
+//! redeems the token, and a token presented by the wrong node, expired or unknown is left as it
+//! was. Redeeming binds the token to the public key being certified, so an agent whose reply
+//! was lost retries with the same key and is answered again; any other key is refused.
+//!
 //! Only a SHA-256 of each token is kept, so neither the store nor a memory dump hands out a
 //! usable token; the token itself travels once, in the VM's userdata.
 
@@ -41,11 +46,29 @@ pub enum TokenError {
 pub trait EnrollmentTokens: Send + Sync + 'static {
     /// Issues a token for `identity`, valid for `ttl`. Returns the token (secret).
     fn issue(&self, identity: NodeIdentity, ttl: Duration) -> String;
-    /// Consumes `token` presented by `node_name`; a token works once.
+    /// Checks, without spending it, that `token` presented by `node_name` would redeem for
+    /// the key `key_sha256`; returns the identity it was issued for.
     ///
     /// # Errors
-    /// [`TokenError`] when unknown, used, expired or issued for another node.
-    fn consume(&self, token: &str, node_name: &str) -> Result<NodeIdentity, TokenError>;
+    /// As [`EnrollmentTokens::redeem`].
+    fn check(
+        &self,
+        token: &str,
+        node_name: &str,
+        key_sha256: &str,
+    ) -> Result<NodeIdentity, TokenError>;
+    /// Redeems `token` presented by `node_name` for the public key `key_sha256` (of a verified
+    /// CSR): the first redemption binds the token to that key; a later one succeeds only for the
+    /// same key (a retried enrollment whose reply was lost). A refusal changes nothing.
+    ///
+    /// # Errors
+    /// [`TokenError`] when unknown, used by another key, expired or issued for another node.
+    fn redeem(
+        &self,
+        token: &str,
+        node_name: &str,
+        key_sha256: &str,
+    ) -> Result<NodeIdentity, TokenError>;
     /// Drops every token of a cluster (on delete).
     fn revoke_cluster(&self, cluster_id: &str);
 }
@@ -60,7 +83,8 @@ pub struct MemoryTokens {
 struct Entry {
     identity: NodeIdentity,
     expires: SystemTime,
-    used: bool,
+    /// The key that redeemed it.
+    used_by: Option<String>,
 }
 
 /// A fresh random token: 32 bytes, URL-safe base64.
@@ -81,18 +105,51 @@ impl EnrollmentTokens for MemoryTokens {
         let entry = Entry {
             identity,
             expires: SystemTime::now() + ttl,
-            used: false,
+            used_by: None,
         };
         self.lock().insert(token_digest(&token), entry);
         token
     }
 
-    fn consume(&self, token: &str, node_name: &str) -> Result<NodeIdentity, TokenError> {
+    fn check(
+        &self,
+        token: &str,
+        node_name: &str,
+        key_sha256: &str,
+    ) -> Result<NodeIdentity, TokenError> {
+        let tokens = self.lock();
+        let entry = tokens
+            .get(&token_digest(token))
+            .ok_or(TokenError::Unknown)?;
+        entry.check(node_name, key_sha256)?;
+        Ok(entry.identity.clone())
+    }
+
+    fn redeem(
+        &self,
+        token: &str,
+        node_name: &str,
+        key_sha256: &str,
+    ) -> Result<NodeIdentity, TokenError> {
         let mut tokens = self.lock();
         let entry = tokens
             .get_mut(&token_digest(token))
             .ok_or(TokenError::Unknown)?;
-        if entry.used {
+        entry.check(node_name, key_sha256)?;
+        entry.used_by = Some(key_sha256.to_string());
+        Ok(entry.identity.clone())
+    }
+
+    fn revoke_cluster(&self, cluster_id: &str) {
+        self.lock()
+            .retain(|_, entry| entry.identity.cluster_id != cluster_id);
+    }
+}
+
+impl Entry {
+    fn check(&self, node_name: &str, key_sha256: &str) -> Result<(), TokenError> {
+        let entry = self;
+        if entry.used_by.as_deref().is_some_and(|k| k != key_sha256) {
             return Err(TokenError::Used);
         }
         if SystemTime::now() > entry.expires {
@@ -104,13 +161,7 @@ impl EnrollmentTokens for MemoryTokens {
                 got: node_name.to_string(),
             });
         }
-        entry.used = true;
-        Ok(entry.identity.clone())
-    }
-
-    fn revoke_cluster(&self, cluster_id: &str) {
-        self.lock()
-            .retain(|_, entry| entry.identity.cluster_id != cluster_id);
+        Ok(())
     }
 }
 
@@ -136,6 +187,41 @@ impl StoreTokens {
     }
 }
 
+fn store_failed(err: crate::store::StoreError) -> TokenError {
+    tracing::error!(error = %crate::error_chain(&err), "cannot read enrollment tokens");
+    TokenError::Unknown
+}
+
+fn check_record(
+    record: &crate::store::TokenRecord,
+    node_name: &str,
+    key_sha256: &str,
+) -> Result<(), TokenError> {
+    if record.used && record.key_sha256.as_deref() != Some(key_sha256) {
+        return Err(TokenError::Used);
+    }
+    if unix(SystemTime::now()) > record.expires {
+        return Err(TokenError::Expired);
+    }
+    if record.node_name != node_name {
+        return Err(TokenError::WrongNode {
+            expected: record.node_name.clone(),
+            got: node_name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn identity_of(record: crate::store::TokenRecord) -> NodeIdentity {
+    let role = cks_proto::agent::NodeRole::from_str_name(&record.role)
+        .unwrap_or(cks_proto::agent::NodeRole::Worker);
+    NodeIdentity {
+        cluster_id: record.cluster_id,
+        node_name: record.node_name,
+        role,
+    }
+}
+
 fn unix(at: SystemTime) -> i64 {
     at.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -152,6 +238,7 @@ impl EnrollmentTokens for StoreTokens {
             role: identity.role.as_str_name().to_string(),
             expires: unix(SystemTime::now() + ttl),
             used: false,
+            key_sha256: None,
         };
         if let Err(err) = self.store.put_token(&record) {
             // The node will fail to enroll and say so; the workflow times out and reports it.
@@ -161,36 +248,43 @@ impl EnrollmentTokens for StoreTokens {
         token
     }
 
-    /// A presented token is spent whatever the outcome: one that was expired or shown by the
-    /// wrong node cannot be tried again.
-    fn consume(&self, token: &str, node_name: &str) -> Result<NodeIdentity, TokenError> {
+    fn check(
+        &self,
+        token: &str,
+        node_name: &str,
+        key_sha256: &str,
+    ) -> Result<NodeIdentity, TokenError> {
         let record = self
             .store
-            .take_token(&token_digest(token))
-            .map_err(|err| {
-                tracing::error!(error = %crate::error_chain(&err), "cannot read enrollment tokens");
-                TokenError::Unknown
-            })?
+            .token(&token_digest(token))
+            .map_err(store_failed)?
             .ok_or(TokenError::Unknown)?;
-        if record.used {
-            return Err(TokenError::Used);
-        }
-        if unix(SystemTime::now()) > record.expires {
-            return Err(TokenError::Expired);
-        }
-        if record.node_name != node_name {
-            return Err(TokenError::WrongNode {
-                expected: record.node_name,
-                got: node_name.to_string(),
-            });
-        }
-        let role = cks_proto::agent::NodeRole::from_str_name(&record.role)
-            .unwrap_or(cks_proto::agent::NodeRole::Worker);
-        Ok(NodeIdentity {
-            cluster_id: record.cluster_id,
-            node_name: record.node_name,
-            role,
-        })
+        check_record(&record, node_name, key_sha256)?;
+        Ok(identity_of(record))
+    }
+
+    /// Checked first, spent last: the spending write is a compare-and-set, so of two
+    /// enrollments racing with different keys exactly one wins.
+    fn redeem(
+        &self,
+        token: &str,
+        node_name: &str,
+        key_sha256: &str,
+    ) -> Result<NodeIdentity, TokenError> {
+        let digest = token_digest(token);
+        let record = self
+            .store
+            .token(&digest)
+            .map_err(store_failed)?
+            .ok_or(TokenError::Unknown)?;
+        check_record(&record, node_name, key_sha256)?;
+        let before = self
+            .store
+            .take_token(&digest, key_sha256)
+            .map_err(store_failed)?
+            .ok_or(TokenError::Unknown)?;
+        check_record(&before, node_name, key_sha256)?;
+        Ok(identity_of(before))
     }
 
     fn revoke_cluster(&self, cluster_id: &str) {
@@ -214,27 +308,42 @@ mod tests {
         }
     }
 
+    /// Both implementations behave alike.
+    fn each(check: impl Fn(&dyn EnrollmentTokens)) {
+        check(&MemoryTokens::default());
+        let store = crate::store::SqliteStore::in_memory().expect("store");
+        check(&StoreTokens::new(std::sync::Arc::new(store)));
+    }
+
     #[test]
-    fn a_token_works_once_for_its_node_only() {
-        let tokens = MemoryTokens::default();
-        let token = tokens.issue(identity(), Duration::from_secs(60));
-        assert!(matches!(
-            tokens.consume(&token, "n2"),
-            Err(TokenError::WrongNode { .. })
-        ));
-        assert_eq!(tokens.consume(&token, "n1"), Ok(identity()));
-        assert_eq!(tokens.consume(&token, "n1"), Err(TokenError::Used));
-        assert_eq!(tokens.consume("nope", "n1"), Err(TokenError::Unknown));
+    fn a_token_works_for_one_key_of_its_node_only() {
+        each(|tokens| {
+            let token = tokens.issue(identity(), Duration::from_secs(60));
+            // The wrong node does not spend it.
+            assert!(matches!(
+                tokens.redeem(&token, "n2", "k1"),
+                Err(TokenError::WrongNode { .. })
+            ));
+            assert_eq!(tokens.check(&token, "n1", "k1"), Ok(identity()));
+            assert_eq!(tokens.check(&token, "n1", "k1"), Ok(identity()));
+            assert_eq!(tokens.redeem(&token, "n1", "k1"), Ok(identity()));
+            assert_eq!(tokens.check(&token, "n1", "k2"), Err(TokenError::Used));
+            // The same key again (its reply was lost): answered again.
+            assert_eq!(tokens.redeem(&token, "n1", "k1"), Ok(identity()));
+            assert_eq!(tokens.redeem(&token, "n1", "k2"), Err(TokenError::Used));
+            assert_eq!(tokens.redeem("nope", "n1", "k1"), Err(TokenError::Unknown));
+        });
     }
 
     #[test]
     fn expired_and_revoked_tokens_are_refused() {
-        let tokens = MemoryTokens::default();
-        let token = tokens.issue(identity(), Duration::ZERO);
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(tokens.consume(&token, "n1"), Err(TokenError::Expired));
-        let token = tokens.issue(identity(), Duration::from_secs(60));
-        tokens.revoke_cluster("c1");
-        assert_eq!(tokens.consume(&token, "n1"), Err(TokenError::Unknown));
+        each(|tokens| {
+            let token = tokens.issue(identity(), Duration::ZERO);
+            std::thread::sleep(Duration::from_millis(1100));
+            assert_eq!(tokens.redeem(&token, "n1", "k"), Err(TokenError::Expired));
+            let token = tokens.issue(identity(), Duration::from_secs(60));
+            tokens.revoke_cluster("c1");
+            assert_eq!(tokens.redeem(&token, "n1", "k"), Err(TokenError::Unknown));
+        });
     }
 }

@@ -36,6 +36,15 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The database file or its `-wal`/`-shm` could not be made mode 0600.
+    #[error("cannot make the store file {path} readable by its owner only (mode 0600)")]
+    Private {
+        /// The database path.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A statement failed.
     #[error("store {operation} failed")]
     Query {
@@ -1032,11 +1041,18 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// The write failed.
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
-    /// Marks the token with `digest` used, if it is unused; returns it as it was before.
+    /// The token with `digest`, as stored.
+    ///
+    /// # Errors
+    /// The read failed.
+    fn token(&self, digest: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Marks the token with `digest` used by the key `key_sha256`, if it is unused (atomically);
+    /// returns it as it was before.
     ///
     /// # Errors
     /// The write failed.
-    fn take_token(&self, digest: &str) -> Result<Option<TokenRecord>, StoreError>;
+    fn take_token(&self, digest: &str, key_sha256: &str)
+    -> Result<Option<TokenRecord>, StoreError>;
     /// Drops every token of a cluster.
     ///
     /// # Errors
@@ -1059,4 +1075,8 @@ pub struct TokenRecord {
     pub expires: UnixTime,
     /// Consumed by an enrollment.
     pub used: bool,
+    /// SHA-256 (hex) of the public key the enrollment that used it certified: the same key
+    /// may enroll again with it (a lost reply), no other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
 }

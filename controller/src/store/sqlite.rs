@@ -1,5 +1,10 @@
 //! The SQLite backend of [`Store`]: one file, WAL journal, every record a JSON document beside
 //! the columns queries filter on.
+//!
+//! The database holds token digests and sealed secrets: the file and its `-wal`/`-shm`
+//! companions are made mode 0600 at every open, whatever the umask and whatever mode an older
+//! version left them with (SQLite gives the companions the main file's mode when it creates
+//! them).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -75,6 +80,31 @@ fn workflow_status(status: WorkflowStatus) -> &'static str {
     }
 }
 
+/// Creates `path` mode 0600 if it is missing, and makes it and the `-wal`/`-shm` files beside
+/// it 0600 when they exist.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mut companions = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        companions.push(name.into());
+    }
+    for file in companions {
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 // === impl SqliteStore ===
 
 impl SqliteStore {
@@ -87,9 +117,15 @@ impl SqliteStore {
             path: path.display().to_string(),
             source,
         };
+        let private = |source| StoreError::Private {
+            path: path.display().to_string(),
+            source,
+        };
+        make_private(path).map_err(private)?;
         let conn = Connection::open(path).map_err(open)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open)?;
+        make_private(path).map_err(private)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
@@ -561,7 +597,25 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn take_token(&self, digest: &str) -> Result<Option<TokenRecord>, StoreError> {
+    fn token(&self, digest: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let data: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT data FROM tokens WHERE digest = ?1",
+                [digest],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(query("read token"))?;
+        data.map(|data| from_json("token", digest, &data))
+            .transpose()
+    }
+
+    fn take_token(
+        &self,
+        digest: &str,
+        key_sha256: &str,
+    ) -> Result<Option<TokenRecord>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(query("begin"))?;
         let data: Option<String> = tx
@@ -579,6 +633,7 @@ impl Store for SqliteStore {
         if !before.used {
             let mut after = before.clone();
             after.used = true;
+            after.key_sha256 = Some(key_sha256.to_string());
             tx.execute(
                 "UPDATE tokens SET data = ?2 WHERE digest = ?1",
                 params![digest, to_json(&after)],
@@ -692,11 +747,40 @@ mod tests {
             role: "worker".into(),
             expires: 10,
             used: false,
+            key_sha256: None,
         };
         store.put_token(&token).expect("put");
-        assert_eq!(store.take_token("d1").expect("take"), Some(token.clone()));
-        assert!(store.take_token("d1").expect("take").expect("exists").used);
+        assert_eq!(store.token("d1").expect("read"), Some(token.clone()));
+        assert_eq!(
+            store.take_token("d1", "k1").expect("take"),
+            Some(token.clone())
+        );
+        let taken = store.take_token("d1", "k2").expect("take").expect("exists");
+        assert!(taken.used);
+        assert_eq!(taken.key_sha256.as_deref(), Some("k1"));
         store.delete_tokens("c1").expect("delete");
-        assert_eq!(store.take_token("d1").expect("take"), None);
+        assert_eq!(store.take_token("d1", "k1").expect("take"), None);
+    }
+
+    #[test]
+    fn the_database_and_its_wal_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        use nix::sys::stat::{Mode, umask};
+        // The umask is the process's; 022 is every distribution's default: set it explicitly.
+        let old = umask(Mode::from_bits_truncate(0o022));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state.db");
+        // A database an older controller left world-readable is tightened at open, too.
+        std::fs::write(&path, b"").expect("create");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let store = SqliteStore::open(&path).expect("open");
+        store.insert_cluster(&cluster("c1")).expect("write");
+        umask(old);
+        for name in ["state.db", "state.db-wal", "state.db-shm"] {
+            let file = dir.path().join(name);
+            let mode = std::fs::metadata(&file).expect(name).permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use cks_controller::agents::{AgentHub, MemoryTokens, NodeKey, NodeStatus};
+use cks_controller::agents::{AgentHub, EveryNode, MemoryTokens, NodeKey, NodeStatus};
 use cks_controller::pki::{AgentCa, NodeIdentity};
 use cks_controller::userdata::{NodeBootstrap, TemplateKind};
 use cks_proto::agent::NodeRole;
@@ -101,6 +101,7 @@ impl Controller {
         let hub = AgentHub::new(
             ca.clone(),
             Arc::new(MemoryTokens::default()),
+            Arc::new(EveryNode),
             Duration::from_secs(1),
         );
         let (addr, _task) = hub

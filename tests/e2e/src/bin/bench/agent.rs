@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use cks_controller::agents::{AgentHub, MemoryTokens, NodeKey};
+use cks_controller::agents::{AgentHub, EveryNode, MemoryTokens, NodeKey};
 use cks_controller::pki::{AgentCa, NodeIdentity};
 use cks_fixtures::containerd::Containerd;
 use cks_proto::agent::NodeRole;
@@ -193,7 +193,7 @@ fn idle_rss(agent: &Path, tree: &Path, work: &Path) -> Result<u64> {
     runtime.block_on(async {
         let ca = Arc::new(AgentCa::load_or_create(&work.join("ca"))?);
         let server = ca.issue_server(&["127.0.0.1".to_string()])?;
-        let hub = AgentHub::new(ca.clone(), Arc::new(MemoryTokens::default()), Duration::from_secs(1));
+        let hub = AgentHub::new(ca.clone(), Arc::new(MemoryTokens::default()), Arc::new(EveryNode), Duration::from_secs(1));
         let (addr, _server) = hub.clone().spawn("127.0.0.1:0".parse()?, server).await?;
         let token = hub.issue_token(
             NodeIdentity { cluster_id: "bench".into(), node_name: "node-1".into(), role: NodeRole::Worker },
