@@ -100,7 +100,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         config.api_key.clone(),
         config.secret_key.clone(),
     ))?;
-    let identity = Arc::new(IdentityResolver::new(client.clone()));
+    // Identity look-ups (driven by whoever sends requests) have a budget of their own, so a
+    // flood of unknown keys cannot delay the workflows' CloudStack calls.
+    let identity = Arc::new(IdentityResolver::new(client.with_rate_limit(Some(
+        crate::cloudstack::client::RateLimit {
+            per_second: 10.0,
+            burst: 20,
+        },
+    ))));
+    let forwarder = client.with_rate_limit(None);
 
     let agents_listener = TcpListener::bind(config.agents_listen)
         .await
@@ -183,6 +191,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         engine: engine.clone(),
         signatures: config.signatures,
         replays: Arc::new(crate::api::replay::ReplayCache::default()),
+        limits: Arc::new(crate::api::limits::CallerLimits::default()),
+        forwarder,
+        forwarding: Arc::new(tokio::sync::Semaphore::new(
+            crate::api::MAX_FORWARDED_IN_FLIGHT,
+        )),
     };
     let api_shutdown = shutdown.clone();
     tasks.push(tokio::spawn(async move {

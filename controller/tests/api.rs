@@ -340,23 +340,31 @@ async fn users_see_and_delete_only_their_own_clusters() {
     assert_eq!(seen["kubernetescluster"][0]["id"], users.as_str());
     assert_eq!(seen["kubernetescluster"][0]["account"], "user");
     assert_eq!(seen["kubernetescluster"][0]["domain"], "ROOT");
-    api_error(
-        env.user
-            .call("getKubernetesClusterConfig", &[("id", &admins)])
-            .await,
-        531,
-    );
+    // Another account's cluster is answered as an unknown one: same code, same text.
+    let unknown = "00000000-0000-0000-0000-000000000000";
     for command in [
+        "getKubernetesClusterConfig",
         "deleteKubernetesCluster",
         "stopKubernetesCluster",
         "startKubernetesCluster",
+        "scaleKubernetesCluster",
     ] {
-        api_error(
+        let foreign = api_error(
             env.user
-                .submit(command, &[("id", &admins)])
-                .await
-                .map(|j| serde_json::json!(j.job_id)),
-            531,
+                .call(command, &[("id", &admins), ("size", "2")])
+                .await,
+            431,
+        );
+        let missing = api_error(
+            env.user
+                .call(command, &[("id", unknown), ("size", "2")])
+                .await,
+            431,
+        );
+        assert_eq!(
+            foreign.replace(&admins, "ID"),
+            missing.replace(unknown, "ID"),
+            "{command}"
         );
     }
     // Admins see their own, and everyone's with listall.

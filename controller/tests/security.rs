@@ -431,3 +431,56 @@ async fn a_disabled_or_locked_account_is_refused_though_its_user_is_enabled() {
     }
     env.stop().await;
 }
+
+#[tokio::test]
+async fn another_accounts_job_is_answered_as_an_unknown_one() {
+    let env = Env::start().await;
+    let version = env.add_version("1.33.1", &[]).await;
+    let (_, job) = create(&env, &env.admin, version["id"].as_str().unwrap(), "admins").await;
+    let unknown = "00000000-0000-0000-0000-000000000000";
+    // The admin's job is the controller's; the unknown id is answered by CloudStack.
+    let foreign = api_error(
+        env.user
+            .call("queryAsyncJobResult", &[("jobid", &job)])
+            .await,
+        431,
+    );
+    let missing = api_error(
+        env.user
+            .call("queryAsyncJobResult", &[("jobid", unknown)])
+            .await,
+        431,
+    );
+    assert_eq!(foreign.replace(&job, "ID"), missing.replace(unknown, "ID"));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn one_key_over_its_budget_is_throttled_without_slowing_another() {
+    let env = Env::start().await;
+    // A valid key's burst is 40: 100 at once go over it.
+    let query = signed(&env, "listKubernetesClusters", &[]);
+    let flood = (0..100).map(|_| get(&env, &query));
+    let answers = futures_util::future::join_all(flood).await;
+    let throttled = answers.iter().filter(|(status, _)| *status == 429).count();
+    assert!(
+        answers.iter().all(|(status, _)| *status == 200 || *status == 429),
+        "{answers:?}"
+    );
+    assert!(throttled > 0, "100 requests at once stayed within the budget");
+    env.admin.call("listKubernetesClusters", &[]).await.unwrap();
+    // A request of ours without a signature is refused before anything is looked up.
+    let response = reqwest::Client::new()
+        .get(env.endpoint())
+        .query(&[
+            ("command", "queryAsyncJobResult"),
+            ("jobid", "x"),
+            ("apikey", "k"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    // Not ours without a signature: CloudStack answers (and refuses) it.
+    assert_eq!(response.status().as_u16(), 401);
+    env.stop().await;
+}

@@ -17,6 +17,7 @@
 
 pub mod commands;
 pub mod error;
+pub mod limits;
 pub mod params;
 pub mod replay;
 pub mod results;
@@ -83,7 +84,18 @@ pub struct Api {
     pub signatures: SignaturePolicy,
     /// State-changing signed requests already accepted.
     pub replays: Arc<ReplayCache>,
+    /// Per API key budgets for the requests the controller answers.
+    pub limits: Arc<limits::CallerLimits>,
+    /// Forwards CloudStack's commands: the admin client without its rate limit (each
+    /// forwarded request is the caller's own, signed by them, and CloudStack throttles it per
+    /// account), so forwarded traffic never waits in the queue of the workflows' calls.
+    pub forwarder: crate::cloudstack::CloudStackClient,
+    /// Bounds forwarded requests in flight.
+    pub forwarding: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most forwarded requests in flight at once; more wait for a slot.
+pub const MAX_FORWARDED_IN_FLIGHT: usize = 256;
 
 /// The HTTP router (`/client/api`).
 pub fn router(api: Api) -> Router {
@@ -166,6 +178,28 @@ async fn client_api(
             return error_response(&command, &refusal);
         }
         return forward(&api, method, query.as_deref(), body, &headers, &command).await;
+    }
+    // Ours: nothing is looked up for a request that is not signed, or whose key is over its
+    // budget.
+    let (Some(api_key), Some(_)) = (
+        sign::param(params.raw(), sign::API_KEY),
+        sign::param(params.raw(), sign::SIGNATURE),
+    ) else {
+        return error_response(&command, &ApiError::unauthorized());
+    };
+    if let Err(throttled) = api.limits.admit(api_key, tokio::time::Instant::now()) {
+        debug!(%command, "request over its key's budget");
+        return error_response(
+            &command,
+            &ApiError::new(
+                429,
+                Some(9999),
+                format!(
+                    "The given user has reached his/her account api limit, please retry after {} ms.",
+                    throttled.retry_after.as_millis().max(1)
+                ),
+            ),
+        );
     }
     let caller = match authenticate(&api, &params).await {
         Ok(caller) => caller,
@@ -274,9 +308,7 @@ async fn answer(
         commands::Route::Merged => {
             // CloudStack answers first (and checks the request its own way); ours are added.
             let upstream = api
-                .ctx
-                .cloud
-                .client()
+                .forwarder
                 .forward(method, query, body, content_type(headers))
                 .await;
             match upstream {
@@ -352,6 +384,10 @@ fn passthrough(upstream: crate::cloudstack::ForwardedResponse) -> Response {
 
 fn upstream_error(err: &crate::cloudstack::CloudStackError) -> ApiError {
     warn!(error = %crate::error_chain(err), "CloudStack unreachable");
+    upstream_error_text()
+}
+
+fn upstream_error_text() -> ApiError {
     ApiError::new(
         503,
         Some(9999),
@@ -367,10 +403,11 @@ async fn forward(
     headers: &HeaderMap,
     command: &str,
 ) -> Response {
+    let Ok(_slot) = api.forwarding.acquire().await else {
+        return error_response(command, &upstream_error_text());
+    };
     match api
-        .ctx
-        .cloud
-        .client()
+        .forwarder
         .forward(method, query, body, content_type(headers))
         .await
     {

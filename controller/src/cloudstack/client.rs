@@ -472,6 +472,23 @@ impl CloudStackClient {
         }
     }
 
+    /// The same client (keys, connection pool, timeouts) with its own rate limit, or none:
+    /// traffic of one kind does not queue behind another's.
+    pub fn with_rate_limit(&self, limit: Option<RateLimit>) -> Self {
+        let mut config = self.inner.config.clone();
+        config.rate_limit = limit;
+        let seed = config.jitter_seed.unwrap_or_else(random_seed);
+        Self {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                endpoint: self.inner.endpoint.clone(),
+                limiter: limit.map(|limit| Mutex::new(RateLimiter::new(limit))),
+                config,
+                rng: Mutex::new(SplitMix64(seed)),
+            }),
+        }
+    }
+
     /// The API endpoint.
     pub fn endpoint(&self) -> &Url {
         &self.inner.endpoint

@@ -28,21 +28,13 @@ pub(super) fn owned_cluster(
     caller: &Caller,
     id: &str,
 ) -> Result<ClusterRecord, ApiError> {
-    let cluster = api
-        .ctx
+    // Another account's cluster is answered exactly as an unknown id: the answer must not
+    // tell a caller which ids exist.
+    api.ctx
         .store
         .cluster(id)?
-        .filter(|c| c.state != ClusterState::Destroyed)
-        .ok_or_else(|| {
-            ApiError::param(format!("Unable to find Kubernetes cluster with ID: {id}"))
-        })?;
-    if !may_see(caller, &cluster) {
-        return Err(ApiError::permission(format!(
-            "Account {} does not have permission to operate on Kubernetes cluster {id}",
-            caller.account
-        )));
-    }
-    Ok(cluster)
+        .filter(|c| c.state != ClusterState::Destroyed && may_see(caller, c))
+        .ok_or_else(|| ApiError::param(format!("Unable to find Kubernetes cluster with ID: {id}")))
 }
 
 /// `listKubernetesClusters`: `id`, `state`, `name` (exact), `keyword`, `account`, `listall`,

@@ -133,9 +133,12 @@ pub async fn route(api: &Api, params: &Params) -> Route {
     }
     match command.to_ascii_lowercase().as_str() {
         "queryasyncjobresult" => {
-            let ours = params
-                .get("jobid")
-                .is_some_and(|id| matches!(api.ctx.store.job(id), Ok(Some(_))));
+            // Only a signed request costs a look-up (a UI session's goes to CloudStack).
+            let signed = params.get("apikey").is_some() && params.get("signature").is_some();
+            let ours = signed
+                && params
+                    .get("jobid")
+                    .is_some_and(|id| matches!(api.ctx.store.job(id), Ok(Some(_))));
             if ours { Route::Ours } else { Route::CloudStack }
         }
         "listconfigurations" => {
