@@ -16,6 +16,7 @@
 //! [agents]
 //! listen = "0.0.0.0:8091"                  # gRPC for the node agents
 //! advertise = ["10.0.0.5:8091"]            # what nodes dial (default: listen)
+//! check_enrollment_source = true           # enroll only from where the VM can be
 //!
 //! [nodes]
 //! template = "cks-node"                    # node template name or id
@@ -49,6 +50,8 @@ pub const ENV_API_LISTEN: &str = "CKS_API_LISTEN";
 pub const ENV_AGENTS_LISTEN: &str = "CKS_AGENTS_LISTEN";
 /// Env: comma-separated addresses nodes dial.
 pub const ENV_AGENTS_ADVERTISE: &str = "CKS_AGENTS_ADVERTISE";
+/// Env: `true`/`false`, whether enrollments are accepted only from where the node's VM can be.
+pub const ENV_AGENTS_CHECK_SOURCE: &str = "CKS_AGENTS_CHECK_ENROLLMENT_SOURCE";
 /// Env: the data directory.
 pub const ENV_DATA_DIR: &str = "CKS_DATA_DIR";
 /// Env: the node template.
@@ -161,6 +164,7 @@ struct ApiSection {
 struct AgentsSection {
     listen: Option<String>,
     advertise: Option<Vec<String>>,
+    check_enrollment_source: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +193,9 @@ pub struct Config {
     pub agents_listen: SocketAddr,
     /// What nodes dial.
     pub agents_advertise: Vec<String>,
+    /// Accept an enrollment only from the address CloudStack says the node's VM appears from
+    /// (its own on a shared network, its network's source NAT otherwise). Default true.
+    pub agents_check_source: bool,
     /// Node template name or id.
     pub node_template: String,
     /// Pod CIDR.
@@ -336,6 +343,17 @@ impl Config {
                     .to_string(),
             );
         }
+        let check_source = match env.get(ENV_AGENTS_CHECK_SOURCE).map(String::as_str) {
+            None => file.agents.check_enrollment_source.unwrap_or(true),
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                problems.push(format!(
+                    "{ENV_AGENTS_CHECK_SOURCE} {other:?} is not true or false"
+                ));
+                true
+            }
+        };
         let ttl = file.nodes.enrollment_ttl_seconds.unwrap_or(3600);
         if ttl < 60 {
             problems.push("nodes.enrollment_ttl_seconds must be at least 60".to_string());
@@ -376,6 +394,7 @@ impl Config {
             api_listen,
             agents_listen,
             agents_advertise: advertise,
+            agents_check_source: check_source,
             node_template: env
                 .get(ENV_NODE_TEMPLATE)
                 .cloned()

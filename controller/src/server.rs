@@ -148,6 +148,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Arc::new(StoreRoster::new(store.clone())),
         DEFAULT_HEARTBEAT,
     );
+    if config.agents_check_source {
+        // A token is only good from where its VM can be, as CloudStack reports it.
+        hub.check_enrollment_sources(Arc::new(crate::agents::sources::CloudSources::new(
+            store.clone(),
+            Cloud::new(client.clone()),
+        )));
+    } else {
+        warn!("enrollment source check off: a node's token is accepted from any address");
+    }
 
     let ctx = Context {
         store: store.clone(),

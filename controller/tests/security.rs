@@ -464,10 +464,15 @@ async fn one_key_over_its_budget_is_throttled_without_slowing_another() {
     let answers = futures_util::future::join_all(flood).await;
     let throttled = answers.iter().filter(|(status, _)| *status == 429).count();
     assert!(
-        answers.iter().all(|(status, _)| *status == 200 || *status == 429),
+        answers
+            .iter()
+            .all(|(status, _)| *status == 200 || *status == 429),
         "{answers:?}"
     );
-    assert!(throttled > 0, "100 requests at once stayed within the budget");
+    assert!(
+        throttled > 0,
+        "100 requests at once stayed within the budget"
+    );
     env.admin.call("listKubernetesClusters", &[]).await.unwrap();
     // A request of ours without a signature is refused before anything is looked up.
     let response = reqwest::Client::new()

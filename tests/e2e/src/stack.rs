@@ -238,7 +238,17 @@ impl Stack {
     /// # Errors
     /// Something could not start.
     pub async fn start(programs: &Programs) -> Result<Stack> {
-        Self::start_with(programs, false).await
+        Self::start_with(programs, false, true).await
+    }
+
+    /// Like [`Stack::start`], with the controller accepting enrollments from any address: for
+    /// nodes on a shared network, whose own guest address the simulator cannot originate
+    /// connections from on this host (isolated networks' source NAT addresses it can).
+    ///
+    /// # Errors
+    /// Something could not start.
+    pub async fn start_any_source(programs: &Programs) -> Result<Stack> {
+        Self::start_with(programs, false, false).await
     }
 
     /// Like [`Stack::start`], with the controller as a child process on fixed ports
@@ -247,10 +257,14 @@ impl Stack {
     /// # Errors
     /// Something could not start.
     pub async fn start_process(programs: &Programs) -> Result<Stack> {
-        Self::start_with(programs, true).await
+        Self::start_with(programs, true, true).await
     }
 
-    async fn start_with(programs: &Programs, as_process: bool) -> Result<Stack> {
+    async fn start_with(
+        programs: &Programs,
+        as_process: bool,
+        check_source: bool,
+    ) -> Result<Stack> {
         let dir = tempfile::tempdir()?;
         let agent_port = free_port()?;
         let agents = SocketAddrV4::new([127, 0, 0, 1].into(), agent_port);
@@ -275,6 +289,7 @@ impl Stack {
                 (c::ENV_API_LISTEN, api.to_string()),
                 (c::ENV_AGENTS_LISTEN, agents.to_string()),
                 (c::ENV_DATA_DIR, data_dir.display().to_string()),
+                (c::ENV_AGENTS_CHECK_SOURCE, check_source.to_string()),
                 ("RUST_LOG", "info".to_string()),
             ]
             .into_iter()
@@ -291,7 +306,8 @@ impl Stack {
         } else {
             let file = format!(
                 "data_dir = {data_dir:?}\n[cloudstack]\nendpoint = {:?}\napi_key = {:?}\nsecret_key = {:?}\n\
-                 [api]\nlisten = \"127.0.0.1:0\"\n[agents]\nlisten = \"{agents}\"\n",
+                 [api]\nlisten = \"127.0.0.1:0\"\n[agents]\nlisten = \"{agents}\"\n\
+                 check_enrollment_source = {check_source}\n",
                 sim.endpoint(),
                 keys.api_key,
                 keys.secret_key

@@ -283,7 +283,7 @@ async fn the_unmodified_python_cs_client_creates_uses_and_deletes_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_ha_cluster_on_a_shared_network_is_reached_through_the_operators_load_balancer() {
-    let Some((_serial, stack)) = start("shared network cluster end to end").await else {
+    let Some((_serial, stack)) = start_any_source("shared network cluster end to end").await else {
         return;
     };
     let version = stack.add_version(&isos()[0]).await.unwrap();

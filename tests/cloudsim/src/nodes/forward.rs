@@ -89,8 +89,10 @@ enum Route {
         firewall: Firewall,
         router: PathBuf,
     },
-    /// Forward to this host endpoint.
-    Egress(SocketAddrV4),
+    /// Forward to this host endpoint, from the node network's source NAT address when it has
+    /// one (as CloudStack's virtual router makes isolated and VPC nodes appear); from the
+    /// host's loopback otherwise.
+    Egress(SocketAddrV4, Option<Ipv4Addr>),
 }
 
 struct RunningListener {
@@ -210,10 +212,15 @@ impl NetManager {
                     },
                 );
             }
+            let source_nat = node
+                .networks
+                .first()
+                .and_then(|n| self.table.source_nat.get(n))
+                .copied();
             for egress in &self.egress {
                 out.insert(
                     (Place::Node(vm_id.clone()), *egress),
-                    Route::Egress(*egress),
+                    Route::Egress(*egress, source_nat),
                 );
             }
         }
@@ -272,6 +279,16 @@ impl NetManager {
                 .insert(key, RunningListener { route: tx, task });
         }
     }
+}
+
+/// Connects to `target` from `source` (a 127/8 address the host can bind) when given.
+async fn dial_from(source: Option<Ipv4Addr>, target: SocketAddrV4) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(target).await;
+    };
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    socket.connect(target.into()).await
 }
 
 async fn bind_in(ns: PathBuf, addr: SocketAddrV4) -> std::io::Result<TcpListener> {
@@ -406,7 +423,7 @@ async fn forward(
     watch: watch::Receiver<Route>,
 ) {
     let (mut upstream, _guard) = match route {
-        Route::Egress(target) => match TcpStream::connect(target).await {
+        Route::Egress(target, source) => match dial_from(source, target).await {
             Ok(stream) => (stream, None),
             Err(err) => {
                 tracing::debug!(%target, error = %err, "egress endpoint unreachable");
@@ -542,16 +559,22 @@ mod tests {
         assert_eq!(desired.len(), 5, "host + 2 hairpin + 2 egress");
         let firewall = |vm: &str| match &desired[&(Place::Node(vm.into()), l.addr)] {
             Route::Public { firewall, .. } => *firewall,
-            Route::Egress(_) => panic!("not public"),
+            Route::Egress(..) => panic!("not public"),
         };
         assert_eq!(firewall("vm-a"), Firewall::Open);
         assert_eq!(
             firewall("vm-b"),
             Firewall::From(Ipv4Addr::new(127, 64, 0, 9))
         );
+        // vm-b's network has a source NAT address: it reaches the host endpoint from there;
+        // vm-a's (shared) has none.
         assert_eq!(
             desired[&(Place::Node("vm-b".into()), egress)],
-            Route::Egress(egress)
+            Route::Egress(egress, Some(Ipv4Addr::new(127, 64, 0, 9)))
+        );
+        assert_eq!(
+            desired[&(Place::Node("vm-a".into()), egress)],
+            Route::Egress(egress, None)
         );
         manager.namespaces = false;
         assert!(manager.desired().is_empty());

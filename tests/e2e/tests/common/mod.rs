@@ -67,14 +67,30 @@ pub async fn finished(stack: &Stack, command: &str, id: &str, job_id: &str) -> V
 /// The stack for one test, when this machine can run it (else the test is skipped with a
 /// message), holding the one-cluster-at-a-time lock.
 pub async fn start(what: &str) -> Option<(tokio::sync::MutexGuard<'static, ()>, Stack)> {
+    start_checked(what, true).await
+}
+
+/// Like [`start`], with enrollments accepted from any address (shared-network nodes: see
+/// [`Stack::start_any_source`]).
+pub async fn start_any_source(what: &str) -> Option<(tokio::sync::MutexGuard<'static, ()>, Stack)> {
+    start_checked(what, false).await
+}
+
+async fn start_checked(
+    what: &str,
+    check_source: bool,
+) -> Option<(tokio::sync::MutexGuard<'static, ()>, Stack)> {
     if !nodes_possible(what) {
         return None;
     }
     let serial = ONE_AT_A_TIME.lock().await;
-    let stack = Stack::start(&Programs::beside_test().unwrap())
-        .await
-        .unwrap();
-    Some((serial, stack))
+    let programs = Programs::beside_test().unwrap();
+    let stack = if check_source {
+        Stack::start(&programs).await
+    } else {
+        Stack::start_any_source(&programs).await
+    };
+    Some((serial, stack.unwrap()))
 }
 
 /// The Ready nodes as the real kubectl sees them through the kubeconfig of cluster `id`.
