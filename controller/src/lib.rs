@@ -17,6 +17,7 @@ pub mod config;
 pub mod context;
 pub mod crashpoint;
 pub mod jobs;
+pub mod listen;
 pub mod pki;
 pub mod render;
 pub mod seal;

@@ -19,6 +19,7 @@ use crate::cloudstack::{ClientConfig, CloudStackClient, IdentityResolver};
 use crate::config::Config;
 use crate::context::{Context, NodeDefaults};
 use crate::jobs::Jobs;
+use crate::listen::{CertReloader, reload_on_sighup};
 use crate::pki::AgentCa;
 use crate::seal::Sealer;
 use crate::settings::Settings;
@@ -43,6 +44,15 @@ pub enum StartError {
     /// The CloudStack client could not be built.
     #[error(transparent)]
     CloudStack(#[from] crate::cloudstack::CloudStackError),
+    /// The API's certificate or key could not be loaded.
+    #[error("cannot use the API's TLS certificate")]
+    Tls(#[from] crate::listen::TlsError),
+    /// Plain HTTP was asked for off loopback without the setting that allows it.
+    #[error(
+        "refusing plain HTTP on {0}: set api.tls_cert_file and api.tls_key_file, or \
+         api.allow_plain_http = true"
+    )]
+    PlainHttp(SocketAddr),
     /// A listener could not be bound.
     #[error("cannot listen on {0}")]
     Bind(SocketAddr, #[source] std::io::Error),
@@ -93,6 +103,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.join("state.db"))?);
     let sealer = Arc::new(Sealer::load_or_create(&data.join("secrets.key"))?);
     let ca = Arc::new(AgentCa::load_or_create(&data.join("pki"))?);
+
+    if config.api_tls.is_none() && !config.api_plain_http_allowed() {
+        return Err(StartError::PlainHttp(config.api_listen));
+    }
+    // The certificate is loaded before anything binds: a bad file stops the start.
+    let api_certs = match &config.api_tls {
+        Some(files) => Some(CertReloader::load(files.clone())?),
+        None => None,
+    };
 
     let client = CloudStackClient::new(ClientConfig::new(
         config.endpoint.clone(),
@@ -181,8 +200,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         engine: engine.clone(),
     };
     let api_shutdown = shutdown.clone();
+    let tls = api_certs.as_ref().map(CertReloader::acceptor);
+    if let Some(certs) = api_certs {
+        reload_on_sighup(certs, shutdown.clone());
+    }
+    let limits = config.api_limits;
     tasks.push(tokio::spawn(async move {
-        if let Err(err) = crate::api::serve(api, api_listener, async move {
+        if let Err(err) = crate::api::serve(api, api_listener, tls, limits, async move {
             api_shutdown.cancelled().await;
         })
         .await
