@@ -190,6 +190,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             warn!(error = %crate::error_chain(&err), "agent endpoint stopped");
         }
     }));
+    tasks.push(crate::jobs::spawn_pruner(
+        ctx.jobs.clone(),
+        config.job_retention,
+        crate::jobs::PRUNE_EVERY,
+        crate::store::now,
+        shutdown.clone(),
+    ));
     let resumed = engine.resume_all()?;
     if resumed > 0 {
         info!(resumed, "resumed workflows interrupted by the last stop");
