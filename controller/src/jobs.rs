@@ -4,10 +4,16 @@
 //! A job is only a report: the work behind it is a workflow (durable, resumed after a restart)
 //! or a short task. Jobs of workflows are finished by the workflow engine.
 //!
+//! An operation that has nothing to do (start of a running cluster, stop of a stopped one) still
+//! answers with a job id, as every CloudStack async command does, so that clients polling
+//! `queryAsyncJobResult` get their result; but that job is [`Jobs::instant`]: finished at once
+//! and kept in memory only (the last [`INSTANT_CAPACITY`], for [`INSTANT_TTL`]), never written.
+//!
 //! Finished jobs are kept for a retention period (`jobs.retention_minutes`) and then removed by
 //! [`spawn_pruner`], as CloudStack expunges its own; pending jobs are never removed.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -17,10 +23,40 @@ use tracing::{info, warn};
 use crate::cloudstack::Caller;
 use crate::store::{JobRecord, JobStatus, Store, StoreError, UnixTime, now};
 
+/// How many instant jobs are remembered.
+pub const INSTANT_CAPACITY: usize = 1024;
+/// How long an instant job is remembered (seconds): long enough for any client's polling.
+pub const INSTANT_TTL: UnixTime = 3600;
+
 /// The jobs, over the store.
 #[derive(Clone)]
 pub struct Jobs {
     store: Arc<dyn Store>,
+    instant: Arc<Mutex<InstantJobs>>,
+}
+
+/// Jobs finished as they were made, oldest first.
+#[derive(Default)]
+struct InstantJobs {
+    order: VecDeque<String>,
+    jobs: HashMap<String, JobRecord>,
+}
+
+impl InstantJobs {
+    fn expire(&mut self, at: UnixTime) {
+        while let Some(oldest) = self.order.front() {
+            let expired = self
+                .jobs
+                .get(oldest)
+                .is_none_or(|job| job.created.saturating_add(INSTANT_TTL) <= at);
+            if !expired && self.order.len() <= INSTANT_CAPACITY {
+                break;
+            }
+            if let Some(id) = self.order.pop_front() {
+                self.jobs.remove(&id);
+            }
+        }
+    }
 }
 
 /// What a new job reports on.
@@ -41,7 +77,37 @@ pub struct JobSpec<'a> {
 impl Jobs {
     /// Jobs kept in `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Jobs { store }
+        Jobs {
+            store,
+            instant: Arc::default(),
+        }
+    }
+
+    /// A job that succeeded as it was made with `result`, remembered in memory only (see the
+    /// module's documentation): what an operation with nothing to do answers.
+    pub fn instant(&self, caller: &Caller, spec: &JobSpec<'_>, result: Value) -> JobRecord {
+        let job = finished(pending(caller, spec), JobOutcome::Succeeded(result));
+        let mut instant = self.instant.lock().unwrap_or_else(PoisonError::into_inner);
+        instant.order.push_back(job.id.clone());
+        instant.jobs.insert(job.id.clone(), job.clone());
+        instant.expire(job.created);
+        job
+    }
+
+    /// A job: an instant one, or one in the store.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn get(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let remembered = {
+            let mut instant = self.instant.lock().unwrap_or_else(PoisonError::into_inner);
+            instant.expire(now());
+            instant.jobs.get(id).cloned()
+        };
+        match remembered {
+            Some(job) => Ok(Some(job)),
+            None => self.store.job(id),
+        }
     }
 
     /// Records a pending job submitted by `caller`.
@@ -224,8 +290,8 @@ mod tests {
 
     const DAY: i64 = 24 * 3600;
 
-    fn job(id: &str, created: UnixTime, completed: Option<UnixTime>) -> JobRecord {
-        let caller = Caller {
+    fn caller() -> Caller {
+        Caller {
             user_id: "u".into(),
             username: "user".into(),
             account: "a".into(),
@@ -234,9 +300,12 @@ mod tests {
             role_type: crate::cloudstack::RoleType::User,
             api_key: "k".into(),
             secret_key: crate::cloudstack::SecretKey::new("s".to_string()),
-        };
+        }
+    }
+
+    fn job(id: &str, created: UnixTime, completed: Option<UnixTime>) -> JobRecord {
         let mut job = pending(
-            &caller,
+            &caller(),
             &JobSpec {
                 command: "startKubernetesCluster",
                 cmd: "c",
@@ -251,6 +320,35 @@ mod tests {
             job.completed = Some(at);
         }
         job
+    }
+
+    #[test]
+    fn instant_jobs_are_remembered_in_memory_only_and_boundedly() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().expect("store"));
+        let jobs = Jobs::new(store.clone());
+        let caller = caller();
+        let spec = JobSpec {
+            command: "startKubernetesCluster",
+            cmd: "c",
+            instance_type: "KubernetesCluster",
+            instance_id: "k1",
+        };
+        let first = jobs.instant(&caller, &spec, json!({"n": 0}));
+        let got = jobs.get(&first.id).expect("get").expect("remembered");
+        assert_eq!(got.status, JobStatus::Succeeded);
+        assert_eq!(got.result, Some(json!({"n": 0})));
+        assert!(store.jobs().expect("jobs").is_empty(), "nothing written");
+        // Only the last INSTANT_CAPACITY are kept.
+        let mut last = first.clone();
+        for n in 1..=INSTANT_CAPACITY {
+            last = jobs.instant(&caller, &spec, json!({"n": n}));
+        }
+        assert_eq!(jobs.get(&first.id).expect("get"), None);
+        assert!(jobs.get(&last.id).expect("get").is_some());
+        // And only for INSTANT_TTL.
+        let mut aged = jobs.instant.lock().expect("lock");
+        aged.expire(now() + INSTANT_TTL);
+        assert!(aged.jobs.is_empty() && aged.order.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,8 +24,8 @@ pub fn query_job(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, A
     let job_id = params.require("jobid")?;
     let job = api
         .ctx
-        .store
-        .job(job_id)?
+        .jobs
+        .get(job_id)?
         .ok_or_else(|| ApiError::param(format!("Unable to find job by id {job_id}")))?;
     if !caller.is_admin() && job.account_id != caller.account_id {
         return Err(ApiError::permission(format!(
