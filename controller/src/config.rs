@@ -50,6 +50,10 @@ pub const ENV_API_KEY: &str = "CKS_CLOUDSTACK_API_KEY";
 pub const ENV_SECRET_KEY: &str = "CKS_CLOUDSTACK_SECRET_KEY";
 /// Env: the API listen address.
 pub const ENV_API_LISTEN: &str = "CKS_API_LISTEN";
+/// Env: the API's certificate file (PEM).
+pub const ENV_API_TLS_CERT_FILE: &str = "CKS_API_TLS_CERT_FILE";
+/// Env: the API's private key file (PEM).
+pub const ENV_API_TLS_KEY_FILE: &str = "CKS_API_TLS_KEY_FILE";
 /// Env: the agent endpoint listen address.
 pub const ENV_AGENTS_LISTEN: &str = "CKS_AGENTS_LISTEN";
 /// Env: comma-separated addresses nodes dial.
@@ -342,7 +346,12 @@ impl Config {
         if ttl < 60 {
             problems.push("nodes.enrollment_ttl_seconds must be at least 60".to_string());
         }
-        let api_tls = match (file.api.tls_cert_file, file.api.tls_key_file) {
+        let tls_file =
+            |env_key: &str, value: Option<PathBuf>| env.get(env_key).map(PathBuf::from).or(value);
+        let api_tls = match (
+            tls_file(ENV_API_TLS_CERT_FILE, file.api.tls_cert_file),
+            tls_file(ENV_API_TLS_KEY_FILE, file.api.tls_key_file),
+        ) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
             (Some(_), None) => {
@@ -529,6 +538,13 @@ mod tests {
                 key: "/etc/c.key".into()
             })
         );
+        // The files may come from the environment too.
+        let env = HashMap::from([
+            (ENV_API_TLS_CERT_FILE.to_string(), "/e/c.crt".to_string()),
+            (ENV_API_TLS_KEY_FILE.to_string(), "/e/c.key".to_string()),
+        ]);
+        let config = Config::from_sources(None, Some(&wildcard), &env).expect("TLS from env");
+        assert_eq!(config.api_tls.expect("TLS").cert, PathBuf::from("/e/c.crt"));
         // Loopback (tests, a local proxy) needs nothing.
         let config = Config::from_sources(None, Some(KEYS), &HashMap::new()).expect("loopback");
         assert_eq!(config.api_limits, Limits::default());

@@ -105,6 +105,9 @@ pub enum TlsError {
     /// The key file holds no usable private key (the key itself is never quoted).
     #[error("{0} holds no usable PEM private key")]
     BadKey(PathBuf),
+    /// rustls refused the server configuration.
+    #[error("cannot configure TLS")]
+    Config(#[source] rustls::Error),
     /// The key is not one rustls can sign with, or does not match the certificate.
     #[error("the key in {key} does not fit the certificate in {cert}")]
     Mismatch {
@@ -164,24 +167,19 @@ impl CertReloader {
     }
 
     /// A TLS acceptor that always presents the certificate loaded last.
-    pub fn acceptor(self: &Arc<Self>) -> TlsAcceptor {
+    ///
+    /// # Errors
+    /// [`TlsError::Config`] when rustls refuses the protocol versions (it does not with ring).
+    pub fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map(|b| b.with_no_client_auth())
-        // ring's default provider supports the default protocol versions.
-        .unwrap_or_else(|_| {
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map(|b| b.with_no_client_auth())
-            .unwrap_or_else(|_| unreachable!("ring supports TLS 1.3"))
-        })
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
         .with_cert_resolver(self.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        TlsAcceptor::from(Arc::new(config))
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
 
@@ -222,9 +220,10 @@ fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, TlsError> {
         })
 }
 
-/// Re-reads the certificate on every `SIGHUP` until `shutdown`; a failed reload is logged and
-/// the certificate in use stays.
-pub fn reload_on_sighup(certs: Arc<CertReloader>, shutdown: CancellationToken) {
+/// Re-reads the certificate (when there is one) on every `SIGHUP` until `shutdown`; a failed
+/// reload is logged and the certificate in use stays. Without a certificate `SIGHUP` is only
+/// logged: it must not stop the controller (`systemctl reload` sends it).
+pub fn reload_on_sighup(certs: Option<Arc<CertReloader>>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -239,6 +238,10 @@ pub fn reload_on_sighup(certs: Arc<CertReloader>, shutdown: CancellationToken) {
                 () = shutdown.cancelled() => return,
                 got = hangups.recv() => if got.is_none() { return },
             }
+            let Some(certs) = &certs else {
+                info!("SIGHUP: the API has no certificate to reload");
+                continue;
+            };
             match certs.reload() {
                 Ok(()) => info!(cert = %certs.files().cert.display(), "API certificate reloaded"),
                 Err(err) => warn!(
@@ -435,6 +438,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let stopping = CancellationToken::new();
+    let mut last_warned: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -451,8 +455,12 @@ pub async fn serve(
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            debug!(%peer, max = limits.max_connections, "connection refused: too many connections");
             drop(stream);
+            // Once a minute at most: a flood must not also flood the log.
+            if last_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                warn!(%peer, max = limits.max_connections, "API connections refused: too many open");
+                last_warned = Some(Instant::now());
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -629,7 +637,8 @@ mod tests {
         let (first, first_ca) = self_signed(dir.path(), "first");
         let (second, second_ca) = self_signed(dir.path(), "second");
         let certs = CertReloader::load(first.clone()).expect("load");
-        let (addr, stop) = server(Some(certs.acceptor()), Limits::default()).await;
+        let (addr, stop) =
+            server(Some(certs.acceptor().expect("acceptor")), Limits::default()).await;
 
         assert_eq!(https_get(addr, &first_ca).await.expect("https"), "hello");
         assert!(

@@ -207,10 +207,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         engine: engine.clone(),
     };
     let api_shutdown = shutdown.clone();
-    let tls = api_certs.as_ref().map(CertReloader::acceptor);
-    if let Some(certs) = api_certs {
-        reload_on_sighup(certs, shutdown.clone());
-    }
+    let tls = api_certs.as_ref().map(CertReloader::acceptor).transpose()?;
+    reload_on_sighup(api_certs, shutdown.clone());
     let limits = config.api_limits;
     tasks.push(tokio::spawn(async move {
         if let Err(err) = crate::api::serve(api, api_listener, tls, limits, async move {

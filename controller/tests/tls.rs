@@ -126,3 +126,81 @@ async fn plain_http_on_a_wildcard_address_is_refused_at_start() {
     config.api_allow_plain_http = true;
     server::start(&config).await.unwrap().stop().await;
 }
+
+/// The shipped binary: HTTPS from files named in the environment, and `SIGHUP` (what
+/// `systemctl reload` sends) reloads them without stopping it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reloads_its_certificate_on_sighup_and_keeps_serving() {
+    let sim = Simulator::start(SimConfig::for_tests()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (files, first_pem) = write_cert(dir.path(), "api");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let keys = sim.admin_keys();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cks-controller"))
+        .arg("serve")
+        .env_clear()
+        .env("CKS_CLOUDSTACK_ENDPOINT", sim.endpoint())
+        .env("CKS_CLOUDSTACK_API_KEY", &keys.api_key)
+        .env("CKS_CLOUDSTACK_SECRET_KEY", &keys.secret_key)
+        .env("CKS_API_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CKS_AGENTS_LISTEN", "127.0.0.1:0")
+        .env("CKS_DATA_DIR", dir.path().join("data"))
+        .env("CKS_API_TLS_CERT_FILE", &files.cert)
+        .env("CKS_API_TLS_KEY_FILE", &files.key)
+        .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let endpoint = format!("https://127.0.0.1:{port}/client/api");
+    let answers = |pem: String| {
+        let endpoint = endpoint.clone();
+        async move {
+            for _ in 0..400 {
+                if https_get(&endpoint, &pem).await.is_ok() {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        answers(first_pem.clone()).await,
+        "the controller never answered over HTTPS"
+    );
+
+    let (next, next_pem) = write_cert(dir.path(), "next");
+    std::fs::rename(&next.cert, &files.cert).unwrap();
+    std::fs::rename(&next.key, &files.key).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(answers(next_pem).await, "the new certificate was not taken");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the controller"
+    );
+    assert!(https_get(&endpoint, &first_pem).await.is_err());
+
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), child.wait())
+        .await
+        .expect("the controller did not stop")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
