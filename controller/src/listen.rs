@@ -435,6 +435,9 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    // The body is read whole, within the limit, before the router runs: axum's own default
+    // limit would otherwise cap a larger configured one.
+    let router = router.layer(axum::extract::DefaultBodyLimit::max(limits.body_limit));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     let stopping = CancellationToken::new();
@@ -783,6 +786,31 @@ mod tests {
             .await
             .expect("text");
         assert_eq!(answer, "4000");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_body_limit_above_axums_default_is_honoured() {
+        let limit = 3 * 1024 * 1024;
+        let (addr, stop) = server(
+            None,
+            Limits {
+                body_limit: limit,
+                ..limits()
+            },
+        )
+        .await;
+        let client = reqwest::Client::new();
+        let post = |len: usize| {
+            client
+                .post(format!("http://{addr}/"))
+                .body(vec![b'a'; len])
+                .send()
+        };
+        let within = post(limit).await.expect("post");
+        assert_eq!(within.text().await.expect("text"), limit.to_string());
+        let over = post(limit + 1).await.expect("post");
+        assert_eq!(over.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
         stop.cancel();
     }
 
