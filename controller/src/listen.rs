@@ -511,10 +511,17 @@ async fn connection(
         watch: watch.clone(),
     };
     match tls {
-        Some(acceptor) => match acceptor.accept(io).await {
-            Ok(tls) => http(tls, limits, router, watch, stopping).await,
-            Err(err) => debug!(error = %err, "TLS handshake failed"),
-        },
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                // A connection still shaking hands when the server stops has no request to finish.
+                () = stopping.cancelled() => return,
+                handshake = acceptor.accept(io) => handshake,
+            };
+            match handshake {
+                Ok(tls) => http(tls, limits, router, watch, stopping).await,
+                Err(err) => debug!(error = %err, "TLS handshake failed"),
+            }
+        }
         None => http(io, limits, router, watch, stopping).await,
     }
 }
