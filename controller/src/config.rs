@@ -12,6 +12,14 @@
 //!
 //! [api]
 //! listen = "0.0.0.0:8090"                  # the CloudStack-compatible API
+//! tls_cert_file = "/etc/cks-controller/api.crt"   # PEM; re-read on SIGHUP
+//! tls_key_file = "/etc/cks-controller/api.key"
+//! # allow_plain_http = false               # plain HTTP off loopback only when true
+//! # header_timeout_seconds = 10, body_timeout_seconds = 30, idle_timeout_seconds = 60,
+//! # body_limit_bytes = 2097152, max_connections = 512
+//!
+//! [jobs]
+//! retention_minutes = 10080                # finished jobs are removed after this (7 days)
 //!
 //! [agents]
 //! listen = "0.0.0.0:8091"                  # gRPC for the node agents
@@ -37,6 +45,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cloudstack::SecretKey;
+use crate::listen::{Limits, TlsFiles};
 
 /// Env: the CloudStack endpoint.
 pub const ENV_ENDPOINT: &str = "CKS_CLOUDSTACK_ENDPOINT";
@@ -46,6 +55,10 @@ pub const ENV_API_KEY: &str = "CKS_CLOUDSTACK_API_KEY";
 pub const ENV_SECRET_KEY: &str = "CKS_CLOUDSTACK_SECRET_KEY";
 /// Env: the API listen address.
 pub const ENV_API_LISTEN: &str = "CKS_API_LISTEN";
+/// Env: the API's certificate file (PEM).
+pub const ENV_API_TLS_CERT_FILE: &str = "CKS_API_TLS_CERT_FILE";
+/// Env: the API's private key file (PEM).
+pub const ENV_API_TLS_KEY_FILE: &str = "CKS_API_TLS_KEY_FILE";
 /// Env: the agent endpoint listen address.
 pub const ENV_AGENTS_LISTEN: &str = "CKS_AGENTS_LISTEN";
 /// Env: comma-separated addresses nodes dial.
@@ -67,6 +80,8 @@ pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8090";
 pub const DEFAULT_AGENTS_LISTEN: &str = "127.0.0.1:8091";
 /// Default node template name.
 pub const DEFAULT_NODE_TEMPLATE: &str = "cks-node";
+/// Default: how long finished jobs are kept (CloudStack expunges its jobs too).
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Default pod network.
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
 /// Default service network.
@@ -135,6 +150,8 @@ struct FileConfig {
     nodes: NodesSection,
     #[serde(default)]
     signatures: SignaturesSection,
+    #[serde(default)]
+    jobs: JobsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +174,21 @@ struct CloudStackSection {
 #[serde(deny_unknown_fields)]
 struct ApiSection {
     listen: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    #[serde(default)]
+    allow_plain_http: bool,
+    header_timeout_seconds: Option<u64>,
+    body_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+    body_limit_bytes: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsSection {
+    retention_minutes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +221,14 @@ pub struct Config {
     pub secret_key: SecretKey,
     /// Where the API listens.
     pub api_listen: SocketAddr,
+    /// The API's certificate and key; `None` serves plain HTTP (loopback, or explicitly allowed).
+    pub api_tls: Option<TlsFiles>,
+    /// Plain HTTP allowed off loopback (`api.allow_plain_http`).
+    pub api_allow_plain_http: bool,
+    /// The API listener's timeouts and caps.
+    pub api_limits: Limits,
+    /// How long finished jobs are kept.
+    pub job_retention: Duration,
     /// Where the agent endpoint listens.
     pub agents_listen: SocketAddr,
     /// What nodes dial.
@@ -214,6 +254,11 @@ pub struct Config {
 // === impl Config ===
 
 impl Config {
+    /// Whether the API may speak plain HTTP where it listens: on loopback, or when allowed.
+    pub fn api_plain_http_allowed(&self) -> bool {
+        self.api_listen.ip().is_loopback() || self.api_allow_plain_http
+    }
+
     /// Reads `path` (when given) and the process environment.
     ///
     /// # Errors
@@ -366,6 +411,78 @@ impl Config {
             problems
                 .push("signatures.max_validity_seconds must be between 60 and 86400".to_string());
         }
+        let tls_file =
+            |env_key: &str, value: Option<PathBuf>| env.get(env_key).map(PathBuf::from).or(value);
+        let api_tls = match (
+            tls_file(ENV_API_TLS_CERT_FILE, file.api.tls_cert_file),
+            tls_file(ENV_API_TLS_KEY_FILE, file.api.tls_key_file),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                problems.push("api.tls_cert_file is set but api.tls_key_file is not".into());
+                None
+            }
+            (None, Some(_)) => {
+                problems.push("api.tls_key_file is set but api.tls_cert_file is not".into());
+                None
+            }
+        };
+        if let Some(addr) = api_listen
+            && api_tls.is_none()
+            && !addr.ip().is_loopback()
+            && !file.api.allow_plain_http
+        {
+            problems.push(format!(
+                "api.listen {addr} is not a loopback address and the API has no TLS: set \
+                 api.tls_cert_file and api.tls_key_file, or api.allow_plain_http = true (for \
+                 a TLS-terminating proxy in front)"
+            ));
+        }
+        let mut seconds = |key: &str, value: Option<u64>, default: Duration| match value {
+            Some(0) => {
+                problems.push(format!("{key} must be at least 1"));
+                default
+            }
+            Some(n) => Duration::from_secs(n),
+            None => default,
+        };
+        let defaults = Limits::default();
+        let mut api_limits = Limits {
+            header_timeout: seconds(
+                "api.header_timeout_seconds",
+                file.api.header_timeout_seconds,
+                defaults.header_timeout,
+            ),
+            body_timeout: seconds(
+                "api.body_timeout_seconds",
+                file.api.body_timeout_seconds,
+                defaults.body_timeout,
+            ),
+            idle_timeout: seconds(
+                "api.idle_timeout_seconds",
+                file.api.idle_timeout_seconds,
+                defaults.idle_timeout,
+            ),
+            ..defaults
+        };
+        let job_retention = seconds(
+            "jobs.retention_minutes",
+            file.jobs.retention_minutes.map(|m| m.saturating_mul(60)),
+            DEFAULT_JOB_RETENTION,
+        );
+        match file.api.body_limit_bytes {
+            Some(n) if n < 1024 => {
+                problems.push("api.body_limit_bytes must be at least 1024".into());
+            }
+            Some(n) => api_limits.body_limit = n,
+            None => {}
+        }
+        match file.api.max_connections {
+            Some(0) => problems.push("api.max_connections must be at least 1".into()),
+            Some(n) => api_limits.max_connections = n,
+            None => {}
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -392,6 +509,10 @@ impl Config {
             api_key,
             secret_key,
             api_listen,
+            api_tls,
+            api_allow_plain_http: file.api.allow_plain_http,
+            api_limits,
+            job_retention,
             agents_listen,
             agents_advertise: advertise,
             agents_check_source: check_source,
@@ -458,5 +579,81 @@ mod tests {
         assert!(
             Config::from_sources(None, Some("[api]\nlisen = \"x\"\n"), &HashMap::new()).is_err()
         );
+    }
+
+    const KEYS: &str = "[cloudstack]\nendpoint = \"https://a:8443/client/api\"\napi_key = \"k\"\nsecret_key = \"s\"\n";
+
+    #[test]
+    fn plain_http_off_loopback_needs_the_explicit_setting() {
+        let wildcard = format!("{KEYS}[api]\nlisten = \"0.0.0.0:8090\"\n");
+        let err = Config::from_sources(None, Some(&wildcard), &HashMap::new())
+            .expect_err("plain HTTP on a wildcard address");
+        let text = err.to_string();
+        assert!(text.contains("api.allow_plain_http"), "{text}");
+        assert!(text.contains("api.tls_cert_file"), "{text}");
+        // The environment's address is checked as well.
+        let env = HashMap::from([(ENV_API_LISTEN.to_string(), "10.0.0.5:8090".to_string())]);
+        assert!(Config::from_sources(None, Some(KEYS), &env).is_err());
+
+        let allowed = format!("{wildcard}allow_plain_http = true\n");
+        let config = Config::from_sources(None, Some(&allowed), &HashMap::new()).expect("allowed");
+        assert!(config.api_tls.is_none());
+        let tls =
+            format!("{wildcard}tls_cert_file = \"/etc/c.crt\"\ntls_key_file = \"/etc/c.key\"\n");
+        let config = Config::from_sources(None, Some(&tls), &HashMap::new()).expect("TLS");
+        assert_eq!(
+            config.api_tls,
+            Some(TlsFiles {
+                cert: "/etc/c.crt".into(),
+                key: "/etc/c.key".into()
+            })
+        );
+        // The files may come from the environment too.
+        let env = HashMap::from([
+            (ENV_API_TLS_CERT_FILE.to_string(), "/e/c.crt".to_string()),
+            (ENV_API_TLS_KEY_FILE.to_string(), "/e/c.key".to_string()),
+        ]);
+        let config = Config::from_sources(None, Some(&wildcard), &env).expect("TLS from env");
+        assert_eq!(config.api_tls.expect("TLS").cert, PathBuf::from("/e/c.crt"));
+        // Loopback (tests, a local proxy) needs nothing.
+        let config = Config::from_sources(None, Some(KEYS), &HashMap::new()).expect("loopback");
+        assert_eq!(config.api_limits, Limits::default());
+        assert_eq!(config.job_retention, DEFAULT_JOB_RETENTION);
+    }
+
+    #[test]
+    fn limits_and_retention_are_read_and_checked() {
+        let file = format!(
+            "{KEYS}[api]\nheader_timeout_seconds = 5\nbody_timeout_seconds = 7\n\
+             idle_timeout_seconds = 9\nbody_limit_bytes = 65536\nmax_connections = 3\n\
+             [jobs]\nretention_minutes = 60\n"
+        );
+        let config = Config::from_sources(None, Some(&file), &HashMap::new()).expect("valid");
+        assert_eq!(
+            config.api_limits,
+            Limits {
+                header_timeout: Duration::from_secs(5),
+                body_timeout: Duration::from_secs(7),
+                idle_timeout: Duration::from_secs(9),
+                body_limit: 65536,
+                max_connections: 3,
+            }
+        );
+        assert_eq!(config.job_retention, Duration::from_secs(3600));
+        let bad = format!(
+            "{KEYS}[api]\nheader_timeout_seconds = 0\nmax_connections = 0\n\
+             tls_cert_file = \"/c\"\n[jobs]\nretention_minutes = 0\n"
+        );
+        let text = Config::from_sources(None, Some(&bad), &HashMap::new())
+            .expect_err("invalid")
+            .to_string();
+        for needle in [
+            "api.header_timeout_seconds",
+            "api.max_connections",
+            "api.tls_key_file",
+            "jobs.retention_minutes",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod context;
 pub mod crashpoint;
 pub mod jobs;
 pub mod kubeconfig;
+pub mod listen;
 pub mod pki;
 pub mod render;
 pub mod seal;

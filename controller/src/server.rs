@@ -20,6 +20,7 @@ use crate::cloudstack::{ClientConfig, CloudStackClient, IdentityResolver};
 use crate::config::Config;
 use crate::context::{Context, NodeDefaults};
 use crate::jobs::Jobs;
+use crate::listen::{CertReloader, reload_on_sighup};
 use crate::pki::AgentCa;
 use crate::seal::Sealer;
 use crate::settings::Settings;
@@ -44,6 +45,15 @@ pub enum StartError {
     /// The CloudStack client could not be built.
     #[error(transparent)]
     CloudStack(#[from] crate::cloudstack::CloudStackError),
+    /// The API's certificate or key could not be loaded.
+    #[error("cannot use the API's TLS certificate")]
+    Tls(#[from] crate::listen::TlsError),
+    /// Plain HTTP was asked for off loopback without the setting that allows it.
+    #[error(
+        "refusing plain HTTP on {0}: set api.tls_cert_file and api.tls_key_file, or \
+         api.allow_plain_http = true"
+    )]
+    PlainHttp(SocketAddr),
     /// A listener could not be bound.
     #[error("cannot listen on {0}")]
     Bind(SocketAddr, #[source] std::io::Error),
@@ -94,6 +104,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.join("state.db"))?);
     let sealer = Arc::new(Sealer::load_or_create(&data.join("secrets.key"))?);
     let ca = Arc::new(AgentCa::load_or_create(&data.join("pki"))?);
+
+    if config.api_tls.is_none() && !config.api_plain_http_allowed() {
+        return Err(StartError::PlainHttp(config.api_listen));
+    }
+    // The certificate is loaded before anything binds: a bad file stops the start.
+    let api_certs = match &config.api_tls {
+        Some(files) => Some(CertReloader::load(files.clone())?),
+        None => None,
+    };
 
     let client = CloudStackClient::new(ClientConfig::new(
         config.endpoint.clone(),
@@ -190,6 +209,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             warn!(error = %crate::error_chain(&err), "agent endpoint stopped");
         }
     }));
+    tasks.push(crate::jobs::spawn_pruner(
+        ctx.jobs.clone(),
+        config.job_retention,
+        crate::jobs::PRUNE_EVERY,
+        crate::store::now,
+        shutdown.clone(),
+    ));
     let resumed = engine.resume_all()?;
     if resumed > 0 {
         info!(resumed, "resumed workflows interrupted by the last stop");
@@ -207,8 +233,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         )),
     };
     let api_shutdown = shutdown.clone();
+    let tls = api_certs.as_ref().map(CertReloader::acceptor).transpose()?;
+    reload_on_sighup(api_certs, shutdown.clone());
+    let limits = config.api_limits;
     tasks.push(tokio::spawn(async move {
-        if let Err(err) = crate::api::serve(api, api_listener, async move {
+        if let Err(err) = crate::api::serve(api, api_listener, tls, limits, async move {
             api_shutdown.cancelled().await;
         })
         .await

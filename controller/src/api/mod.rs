@@ -105,24 +105,27 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` (over TLS when `tls` is given) within `limits` until
+/// `shutdown` resolves.
 ///
 /// # Errors
 /// The server failed.
 pub async fn serve(
     api: Api,
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: crate::listen::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "CloudStack-compatible API listening on http://{addr}/client/api");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        info!(%addr, "CloudStack-compatible API listening on {scheme}://{addr}/client/api");
     }
-    axum::serve(listener, router(api))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::listen::serve(listener, tls, limits, router(api), shutdown).await
 }
 
-/// Binds `addr` and serves in the background; returns the bound address.
+/// Binds `addr` and serves plain HTTP with the default limits in the background; returns the
+/// bound address.
 ///
 /// # Errors
 /// The address cannot be bound.
@@ -133,7 +136,11 @@ pub async fn spawn(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    Ok((bound, tokio::spawn(serve(api, listener, shutdown))))
+    let limits = crate::listen::Limits::default();
+    Ok((
+        bound,
+        tokio::spawn(serve(api, listener, None, limits, shutdown)),
+    ))
 }
 
 fn json_response(status: u16, body: &Value) -> Response {

@@ -94,6 +94,22 @@ pub struct Caller {
 // === impl Caller ===
 
 impl Caller {
+    /// A user-role caller `user` of account `a` in domain `d`, with no role rules (unit tests).
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        Caller {
+            user_id: "u".into(),
+            username: "user".into(),
+            account: "a".into(),
+            account_id: "a".into(),
+            domain_id: "d".into(),
+            role_type: RoleType::User,
+            api_key: "k".into(),
+            secret_key: SecretKey::new("s"),
+            permissions: Vec::new().into(),
+        }
+    }
+
     /// True for root admins.
     pub fn is_admin(&self) -> bool {
         self.role_type == RoleType::Admin

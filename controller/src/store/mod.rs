@@ -960,6 +960,12 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// The read failed.
     fn jobs(&self) -> Result<Vec<JobRecord>, StoreError>;
+    /// Removes the jobs that finished before `completed_before`; pending jobs stay whatever
+    /// their age. Returns how many were removed.
+    ///
+    /// # Errors
+    /// The write failed.
+    fn prune_jobs(&self, completed_before: UnixTime) -> Result<usize, StoreError>;
 
     // --- workflows ---
     /// Adds a workflow.

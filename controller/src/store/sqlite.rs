@@ -5,8 +5,15 @@
 //! companions are made mode 0600 at every open, whatever the umask and whatever mode an older
 //! version left them with (SQLite gives the companions the main file's mode when it creates
 //! them).
+//!
+//! Connections: one writer (SQLite serialises writers anyway; every transaction runs on it) and
+//! a few read-only connections, so that with WAL a read never waits for a write transaction, nor
+//! for another read. The store's interface is synchronous and called from async code: on the
+//! multi-threaded runtime each call runs under `block_in_place`, so a worker thread waiting on
+//! the disk hands its other tasks to another thread instead of stalling them.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -15,7 +22,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     Begin, BeginCluster, ClusterRecord, ClusterState, Finish, JobRecord, NodeRecord, Progress,
-    Store, StoreError, TokenRecord, VersionRecord, WorkflowRecord, WorkflowStatus,
+    Store, StoreError, TokenRecord, UnixTime, VersionRecord, WorkflowRecord, WorkflowStatus,
 };
 
 /// The schema; `CREATE … IF NOT EXISTS`, so opening an existing store is a no-op.
@@ -44,10 +51,28 @@ CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT PRIMARY KEY, cluster_id TEXT NOT NULL, data TEXT NOT NULL);
 ";
 
+/// Read-only connections beside the writer.
+const READERS: usize = 4;
+
 /// A [`Store`] in one SQLite file (or in memory, for tests).
 #[derive(Debug)]
 pub struct SqliteStore {
+    /// Every write and every transaction.
     conn: Mutex<Connection>,
+    /// Reads outside transactions (none in memory: there the writer reads too).
+    readers: Vec<Mutex<Connection>>,
+    /// Where the next reader search starts.
+    next_reader: AtomicUsize,
+}
+
+/// Runs `f`, which blocks on SQLite, without stalling the async tasks of this worker thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        // A current-thread runtime (tests) cannot hand its tasks over: run in place.
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn query(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -131,8 +156,23 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open)?;
         conn.execute_batch(SCHEMA).map_err(open)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(open)?;
+            reader
+                .busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(open)?;
+            readers.push(Mutex::new(reader));
+        }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            readers,
+            next_reader: AtomicUsize::new(0),
         })
     }
 
@@ -149,12 +189,37 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(open)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            readers: Vec::new(),
+            next_reader: AtomicUsize::new(0),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // Statements are atomic in SQLite; a panic elsewhere cannot leave one half-done.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Runs `f` on the writer.
+    fn write<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        blocking(|| {
+            // Statements are atomic in SQLite; a panic elsewhere cannot leave one half-done.
+            let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn)
+        })
+    }
+
+    /// Runs `f` on a free reader (the writer when there are none).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
+        if self.readers.is_empty() {
+            return self.write(|conn| f(conn));
+        }
+        blocking(|| {
+            let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+            let n = self.readers.len();
+            let free = (0..n).find_map(|i| self.readers[(start + i) % n].try_lock().ok());
+            let conn: MutexGuard<'_, Connection> = match free {
+                Some(conn) => conn,
+                None => self.readers[start % n]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+            f(&conn)
+        })
     }
 
     fn documents<T: DeserializeOwned>(
@@ -163,19 +228,18 @@ impl SqliteStore {
         sql: &str,
         args: impl rusqlite::Params,
     ) -> Result<Vec<T>, StoreError> {
-        let conn = self.lock();
-        let mut statement = conn.prepare(sql).map_err(query("prepare"))?;
-        let rows = statement
-            .query_map(args, |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-            })
-            .map_err(query("list"))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, data) = row.map_err(query("list"))?;
-            out.push(from_json(kind, &id, &data)?);
-        }
-        Ok(out)
+        let rows = self.read(|conn| -> Result<Vec<(String, String)>, StoreError> {
+            let mut statement = conn.prepare_cached(sql).map_err(query("prepare"))?;
+            let rows = statement
+                .query_map(args, |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(query("list"))?;
+            rows.collect::<Result<_, _>>().map_err(query("list"))
+        })?;
+        rows.iter()
+            .map(|(id, data)| from_json(kind, id, data))
+            .collect()
     }
 
     fn document<T: DeserializeOwned>(
@@ -300,22 +364,24 @@ fn write_workflow(conn: &Connection, workflow: &WorkflowRecord) -> Result<(), St
 
 impl Store for SqliteStore {
     fn insert_version(&self, version: &VersionRecord) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        self.write(|conn| {
+            conn.execute(
                 "INSERT INTO versions (id, created, data) VALUES (?1, ?2, ?3)",
                 params![version.id, version.created, to_json(version)],
             )
-            .map_err(query("insert version"))?;
+        })
+        .map_err(query("insert version"))?;
         Ok(())
     }
 
     fn update_version(&self, version: &VersionRecord) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        self.write(|conn| {
+            conn.execute(
                 "UPDATE versions SET data = ?2 WHERE id = ?1",
                 params![version.id, to_json(version)],
             )
-            .map_err(query("update version"))?;
+        })
+        .map_err(query("update version"))?;
         Ok(())
     }
 
@@ -336,18 +402,17 @@ impl Store for SqliteStore {
     }
 
     fn remove_version(&self, id: &str) -> Result<(), StoreError> {
-        self.lock()
-            .execute("UPDATE versions SET removed = 1 WHERE id = ?1", [id])
+        self.write(|conn| conn.execute("UPDATE versions SET removed = 1 WHERE id = ?1", [id]))
             .map_err(query("remove version"))?;
         Ok(())
     }
 
     fn insert_cluster(&self, cluster: &ClusterRecord) -> Result<(), StoreError> {
-        write_cluster(&self.lock(), cluster)
+        self.write(|conn| write_cluster(conn, cluster))
     }
 
     fn update_cluster(&self, cluster: &ClusterRecord) -> Result<(), StoreError> {
-        write_cluster_keeping_state(&self.lock(), cluster)
+        self.write(|conn| write_cluster_keeping_state(conn, cluster))
     }
 
     fn set_cluster_state(
@@ -357,13 +422,14 @@ impl Store for SqliteStore {
         to: ClusterState,
         failure: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(query("begin"))?;
-        if !move_cluster(&tx, id, from, to, failure)? {
-            return Ok(false);
-        }
-        tx.commit().map_err(query("commit"))?;
-        Ok(true)
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(query("begin"))?;
+            if !move_cluster(&tx, id, from, to, failure)? {
+                return Ok(false);
+            }
+            tx.commit().map_err(query("commit"))?;
+            Ok(true)
+        })
     }
 
     fn cluster(&self, id: &str) -> Result<Option<ClusterRecord>, StoreError> {
@@ -383,7 +449,7 @@ impl Store for SqliteStore {
     }
 
     fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        write_node(&self.lock(), node)
+        self.write(|conn| write_node(conn, node))
     }
 
     fn nodes(&self, cluster_id: &str) -> Result<Vec<NodeRecord>, StoreError> {
@@ -395,17 +461,18 @@ impl Store for SqliteStore {
     }
 
     fn delete_node(&self, cluster_id: &str, name: &str) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        self.write(|conn| {
+            conn.execute(
                 "DELETE FROM nodes WHERE cluster_id = ?1 AND name = ?2",
                 [cluster_id, name],
             )
-            .map_err(query("delete node"))?;
+        })
+        .map_err(query("delete node"))?;
         Ok(())
     }
 
     fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        write_job(&self.lock(), job)
+        self.write(|conn| write_job(conn, job))
     }
 
     fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -420,89 +487,103 @@ impl Store for SqliteStore {
         )
     }
 
+    fn prune_jobs(&self, completed_before: UnixTime) -> Result<usize, StoreError> {
+        self.write(|conn| {
+            conn.execute(
+                "DELETE FROM jobs WHERE json_extract(data, '$.status') != 'Pending'
+                 AND json_extract(data, '$.completed') < ?1",
+                [completed_before],
+            )
+        })
+        .map_err(query("prune jobs"))
+    }
+
     fn insert_workflow(&self, workflow: &WorkflowRecord) -> Result<(), StoreError> {
-        write_workflow(&self.lock(), workflow)
+        self.write(|conn| write_workflow(conn, workflow))
     }
 
     fn save_progress(&self, progress: Progress<'_>) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(query("begin"))?;
-        if !workflow_running(&tx, &progress.workflow.id)? {
-            return Ok(false);
-        }
-        write_workflow(&tx, progress.workflow)?;
-        if let Some(cluster) = progress.cluster {
-            write_cluster_keeping_state(&tx, cluster)?;
-        }
-        for node in progress.nodes {
-            write_node(&tx, node)?;
-        }
-        tx.commit().map_err(query("commit progress"))?;
-        Ok(true)
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(query("begin"))?;
+            if !workflow_running(&tx, &progress.workflow.id)? {
+                return Ok(false);
+            }
+            write_workflow(&tx, progress.workflow)?;
+            if let Some(cluster) = progress.cluster {
+                write_cluster_keeping_state(&tx, cluster)?;
+            }
+            for node in progress.nodes {
+                write_node(&tx, node)?;
+            }
+            tx.commit().map_err(query("commit progress"))?;
+            Ok(true)
+        })
     }
 
     fn begin_operation(&self, begin: Begin<'_>) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(query("begin"))?;
-        match begin.cluster {
-            BeginCluster::New(cluster) => write_cluster(&tx, cluster)?,
-            BeginCluster::Transition { id, from, to } => {
-                if !move_cluster(&tx, id, from, to, None)? {
-                    return Ok(false);
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(query("begin"))?;
+            match begin.cluster {
+                BeginCluster::New(cluster) => write_cluster(&tx, cluster)?,
+                BeginCluster::Transition { id, from, to } => {
+                    if !move_cluster(&tx, id, from, to, None)? {
+                        return Ok(false);
+                    }
                 }
             }
-        }
-        if let Some((workflow_id, job)) = begin.cancels {
-            let data: Option<String> = tx
-                .query_row(
-                    "SELECT data FROM workflows WHERE id = ?1 AND status = 'running'",
-                    [workflow_id],
-                    |row| row.get(0),
+            if let Some((workflow_id, job)) = begin.cancels {
+                let data: Option<String> = tx
+                    .query_row(
+                        "SELECT data FROM workflows WHERE id = ?1 AND status = 'running'",
+                        [workflow_id],
+                        |row| row.get(0),
+                    )
+                    .optional()
+                    .map_err(query("read workflow"))?;
+                let Some(data) = data else {
+                    return Ok(false);
+                };
+                let mut cancelled: WorkflowRecord = from_json("workflow", workflow_id, &data)?;
+                cancelled.status = WorkflowStatus::Cancelled;
+                write_workflow(&tx, &cancelled)?;
+                write_job(&tx, job)?;
+            }
+            let cluster_id = &begin.workflow.cluster_id;
+            for (name, sealed) in begin.secrets {
+                tx.execute(
+                    "INSERT INTO secrets (cluster_id, name, sealed) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (cluster_id, name) DO UPDATE SET sealed = excluded.sealed",
+                    params![cluster_id, name, sealed],
                 )
-                .optional()
-                .map_err(query("read workflow"))?;
-            let Some(data) = data else {
-                return Ok(false);
-            };
-            let mut cancelled: WorkflowRecord = from_json("workflow", workflow_id, &data)?;
-            cancelled.status = WorkflowStatus::Cancelled;
-            write_workflow(&tx, &cancelled)?;
-            write_job(&tx, job)?;
-        }
-        let cluster_id = &begin.workflow.cluster_id;
-        for (name, sealed) in begin.secrets {
-            tx.execute(
-                "INSERT INTO secrets (cluster_id, name, sealed) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (cluster_id, name) DO UPDATE SET sealed = excluded.sealed",
-                params![cluster_id, name, sealed],
-            )
-            .map_err(query("write secret"))?;
-        }
-        write_job(&tx, begin.job)?;
-        write_workflow(&tx, begin.workflow)?;
-        tx.commit().map_err(query("commit operation start"))?;
-        Ok(true)
+                .map_err(query("write secret"))?;
+            }
+            write_job(&tx, begin.job)?;
+            write_workflow(&tx, begin.workflow)?;
+            tx.commit().map_err(query("commit operation start"))?;
+            Ok(true)
+        })
     }
 
     fn finish_operation(&self, finish: Finish<'_>) -> Result<bool, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(query("begin"))?;
-        if !workflow_running(&tx, &finish.workflow.id)? {
-            return Ok(false);
-        }
-        if !move_cluster(
-            &tx,
-            &finish.workflow.cluster_id,
-            finish.from,
-            finish.to,
-            finish.failure,
-        )? {
-            return Ok(false);
-        }
-        write_workflow(&tx, finish.workflow)?;
-        write_job(&tx, finish.job)?;
-        tx.commit().map_err(query("commit operation end"))?;
-        Ok(true)
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(query("begin"))?;
+            if !workflow_running(&tx, &finish.workflow.id)? {
+                return Ok(false);
+            }
+            if !move_cluster(
+                &tx,
+                &finish.workflow.cluster_id,
+                finish.from,
+                finish.to,
+                finish.failure,
+            )? {
+                return Ok(false);
+            }
+            write_workflow(&tx, finish.workflow)?;
+            write_job(&tx, finish.job)?;
+            tx.commit().map_err(query("commit operation end"))?;
+            Ok(true)
+        })
     }
 
     fn workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
@@ -531,14 +612,15 @@ impl Store for SqliteStore {
     }
 
     fn setting(&self, key: &str, account_id: Option<&str>) -> Result<Option<String>, StoreError> {
-        self.lock()
-            .query_row(
+        self.read(|conn| {
+            conn.query_row(
                 "SELECT value FROM settings WHERE key = ?1 AND account_id = ?2",
                 [key, account_id.unwrap_or("")],
                 |row| row.get(0),
             )
             .optional()
-            .map_err(query("read setting"))
+        })
+        .map_err(query("read setting"))
     }
 
     fn set_setting(
@@ -547,65 +629,69 @@ impl Store for SqliteStore {
         account_id: Option<&str>,
         value: &str,
     ) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        self.write(|conn| {
+            conn.execute(
                 "INSERT INTO settings (key, account_id, value) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key, account_id) DO UPDATE SET value = excluded.value",
                 [key, account_id.unwrap_or(""), value],
             )
-            .map_err(query("write setting"))?;
+        })
+        .map_err(query("write setting"))?;
         Ok(())
     }
 
     fn put_secret(&self, cluster_id: &str, name: &str, sealed: &[u8]) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        self.write(|conn| {
+            conn.execute(
                 "INSERT INTO secrets (cluster_id, name, sealed) VALUES (?1, ?2, ?3)
                  ON CONFLICT (cluster_id, name) DO UPDATE SET sealed = excluded.sealed",
                 params![cluster_id, name, sealed],
             )
-            .map_err(query("write secret"))?;
+        })
+        .map_err(query("write secret"))?;
         Ok(())
     }
 
     fn secret(&self, cluster_id: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.lock()
-            .query_row(
+        self.read(|conn| {
+            conn.query_row(
                 "SELECT sealed FROM secrets WHERE cluster_id = ?1 AND name = ?2",
                 [cluster_id, name],
                 |row| row.get(0),
             )
             .optional()
-            .map_err(query("read secret"))
+        })
+        .map_err(query("read secret"))
     }
 
     fn delete_secrets(&self, cluster_id: &str) -> Result<(), StoreError> {
-        self.lock()
-            .execute("DELETE FROM secrets WHERE cluster_id = ?1", [cluster_id])
+        self.write(|conn| conn.execute("DELETE FROM secrets WHERE cluster_id = ?1", [cluster_id]))
             .map_err(query("delete secrets"))?;
         Ok(())
     }
 
     fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
+        self.write(|conn| {
+            conn.execute(
                 "INSERT INTO tokens (digest, cluster_id, data) VALUES (?1, ?2, ?3)
                  ON CONFLICT (digest) DO UPDATE SET data = excluded.data",
                 params![token.digest, token.cluster_id, to_json(token)],
             )
-            .map_err(query("write token"))?;
+        })
+        .map_err(query("write token"))?;
         Ok(())
     }
 
     fn token(&self, digest: &str) -> Result<Option<TokenRecord>, StoreError> {
         let data: Option<String> = self
-            .lock()
-            .query_row(
-                "SELECT data FROM tokens WHERE digest = ?1",
-                [digest],
-                |row| row.get(0),
-            )
-            .optional()
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT data FROM tokens WHERE digest = ?1",
+                    [digest],
+                    |row| row.get(0),
+                )
+                .optional()
+            })
             .map_err(query("read token"))?;
         data.map(|data| from_json("token", digest, &data))
             .transpose()
@@ -616,37 +702,37 @@ impl Store for SqliteStore {
         digest: &str,
         key_sha256: &str,
     ) -> Result<Option<TokenRecord>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction().map_err(query("begin"))?;
-        let data: Option<String> = tx
-            .query_row(
-                "SELECT data FROM tokens WHERE digest = ?1",
-                [digest],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(query("read token"))?;
-        let Some(data) = data else {
-            return Ok(None);
-        };
-        let before: TokenRecord = from_json("token", digest, &data)?;
-        if !before.used {
-            let mut after = before.clone();
-            after.used = true;
-            after.key_sha256 = Some(key_sha256.to_string());
-            tx.execute(
-                "UPDATE tokens SET data = ?2 WHERE digest = ?1",
-                params![digest, to_json(&after)],
-            )
-            .map_err(query("use token"))?;
-        }
-        tx.commit().map_err(query("commit"))?;
-        Ok(Some(before))
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(query("begin"))?;
+            let data: Option<String> = tx
+                .query_row(
+                    "SELECT data FROM tokens WHERE digest = ?1",
+                    [digest],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(query("read token"))?;
+            let Some(data) = data else {
+                return Ok(None);
+            };
+            let before: TokenRecord = from_json("token", digest, &data)?;
+            if !before.used {
+                let mut after = before.clone();
+                after.used = true;
+                after.key_sha256 = Some(key_sha256.to_string());
+                tx.execute(
+                    "UPDATE tokens SET data = ?2 WHERE digest = ?1",
+                    params![digest, to_json(&after)],
+                )
+                .map_err(query("use token"))?;
+            }
+            tx.commit().map_err(query("commit"))?;
+            Ok(Some(before))
+        })
     }
 
     fn delete_tokens(&self, cluster_id: &str) -> Result<(), StoreError> {
-        self.lock()
-            .execute("DELETE FROM tokens WHERE cluster_id = ?1", [cluster_id])
+        self.write(|conn| conn.execute("DELETE FROM tokens WHERE cluster_id = ?1", [cluster_id]))
             .map_err(query("delete tokens"))?;
         Ok(())
     }
@@ -782,5 +868,87 @@ mod tests {
             let mode = std::fs::metadata(&file).expect(name).permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{name}");
         }
+    }
+
+    #[test]
+    fn reads_do_not_wait_for_a_write_transaction() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store =
+            std::sync::Arc::new(SqliteStore::open(&dir.path().join("state.db")).expect("open"));
+        store.insert_cluster(&cluster("c1")).expect("insert");
+        // A write transaction under way on the writer, holding it.
+        let writer = store.conn.lock().expect("writer");
+        writer
+            .execute_batch(
+                "BEGIN IMMEDIATE; UPDATE clusters SET state = 'Running',
+                 data = json_set(data, '$.state', 'Running') WHERE id = 'c1';",
+            )
+            .expect("begin");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let readers: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, tx) = (store.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    let seen = store.cluster("c1").expect("read").expect("exists");
+                    let _ = tx.send(seen.state);
+                })
+            })
+            .collect();
+        // Every read completes while the transaction is open, and sees the committed state.
+        for _ in 0..16 {
+            let state = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("a read waited for the writer");
+            assert_eq!(state, ClusterState::Created);
+        }
+        for reader in readers {
+            reader.join().expect("reader");
+        }
+        writer.execute_batch("COMMIT").expect("commit");
+        drop(writer);
+        // Once committed, every reader sees it.
+        for _ in 0..8 {
+            let seen = store.cluster("c1").expect("read").expect("exists");
+            assert_eq!(seen.state, ClusterState::Running);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_call_waiting_on_the_disk_does_not_stall_other_tasks() {
+        let store = std::sync::Arc::new(SqliteStore::in_memory().expect("store"));
+        // Something holds the writer (a long transaction).
+        let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+        let holder = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let _writer = store.conn.lock().expect("writer");
+                let _ = held_tx.send(());
+                let _ = hold_rx.recv();
+            })
+        };
+        held_rx.await.expect("held");
+        // As many writes as there are worker threads wait for it, on the workers.
+        let writes: Vec<_> = (0..2)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.insert_cluster(&cluster(&format!("w{i}"))) })
+            })
+            .collect();
+        // Other tasks still run: without handing the workers over, none would be left. (The
+        // test's own thread is not a worker; it waits with a bound so a stall fails, not hangs.)
+        let (ping_tx, ping_rx) = std::sync::mpsc::channel();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            let _ = ping_tx.send(42);
+        });
+        let ping = ping_rx.recv_timeout(std::time::Duration::from_secs(30));
+        hold_tx.send(()).expect("release");
+        assert_eq!(ping, Ok(42), "a task stalled behind the store");
+        holder.join().expect("holder");
+        for write in writes {
+            write.await.expect("task").expect("write");
+        }
+        assert_eq!(store.clusters().expect("list").len(), 2);
     }
 }

@@ -227,17 +227,7 @@ fn cluster(state: ClusterState) -> ClusterRecord {
 }
 
 fn caller() -> crate::cloudstack::Caller {
-    crate::cloudstack::Caller {
-        user_id: "u".into(),
-        username: "user".into(),
-        account: "a".into(),
-        account_id: "a".into(),
-        domain_id: "d".into(),
-        role_type: crate::cloudstack::RoleType::User,
-        api_key: "k".into(),
-        secret_key: crate::cloudstack::SecretKey::new("s".to_string()),
-        permissions: Vec::new().into(),
-    }
+    crate::cloudstack::Caller::for_tests()
 }
 
 /// A cluster of n0 (control) + n1, n2 in `state`, with a workflow of `kind` running whose
@@ -694,4 +684,29 @@ async fn asking_again_for_the_running_scale_answers_with_its_job_and_another_sca
         ),
         "{other}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_of_a_running_or_a_stop_of_a_stopped_cluster_records_no_job() {
+    let f = fixture(Script::default());
+    let (engine, _shutdown) = engine(&f);
+    let caller = caller();
+    for (state, kind) in [
+        (ClusterState::Running, WorkflowKind::Start),
+        (ClusterState::Stopped, WorkflowKind::Stop),
+    ] {
+        let there = cluster(state);
+        f.ctx.store.insert_cluster(&there).unwrap();
+        let job_id = engine
+            .start(&caller, Target::Existing(&there), Operation::plain(kind))
+            .await
+            .unwrap();
+        // A job id to poll, answered as succeeded, but nothing written.
+        let job = f.ctx.jobs.get(&job_id).unwrap().expect("the instant job");
+        assert_eq!(job.status, JobStatus::Succeeded);
+        assert_eq!(job.result, Some(json!({ "state": state.as_str() })));
+        assert!(f.ctx.store.jobs().unwrap().is_empty());
+        assert!(f.ctx.store.latest_workflow("c1").unwrap().is_none());
+        assert_eq!(f.ctx.store.cluster("c1").unwrap().unwrap().state, state);
+    }
 }

@@ -19,15 +19,15 @@ pub fn is_our_setting(name: &str) -> bool {
 /// `queryAsyncJobResult jobid` for one of our jobs (the submitter's account, or admins).
 ///
 /// # Errors
-/// Someone else's job (531).
+/// Unknown, or another account's (answered alike, 431).
 pub fn query_job(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, ApiError> {
     let job_id = params.require("jobid")?;
     // Another account's job is answered as CloudStack answers a job id it does not know, so
     // the answer tells nothing about which ids exist (or whose they are).
     let job = api
         .ctx
-        .store
-        .job(job_id)?
+        .jobs
+        .get(job_id)?
         .filter(|job| caller.is_admin() || job.account_id == caller.account_id)
         .ok_or_else(|| ApiError::param(format!("Unable to find a job by id {job_id}")))?;
     Ok(Reply::Sync(crate::jobs::render(&job)))

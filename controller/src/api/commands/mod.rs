@@ -138,7 +138,7 @@ pub async fn route(api: &Api, params: &Params) -> Route {
             let ours = signed
                 && params
                     .get("jobid")
-                    .is_some_and(|id| matches!(api.ctx.store.job(id), Ok(Some(_))));
+                    .is_some_and(|id| matches!(api.ctx.jobs.get(id), Ok(Some(_))));
             if ours { Route::Ours } else { Route::CloudStack }
         }
         "listconfigurations" => {
