@@ -20,6 +20,7 @@ declare -A NEED=(
   [x86_64-linux-musl-gcc]=musl-tools  # the static cks-agent for the QEMU harness (make agent-static)
   [ip]=iproute2  # cloudsim's node network namespaces, bridges and veths
   [kubectl]=kubernetes-client  # drives kubesim's API server; only when no kubectl is installed
+  [ssh-keygen]=openssh-client  # cloudsim's test that ssh-keygen reads the keys it makes
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
