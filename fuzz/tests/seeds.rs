@@ -1,4 +1,5 @@
-//! The seed corpus: valid samples of every target's input, committed under `fuzz/corpus/`.
+//! The seed corpus: valid samples of every target's input, committed under `fuzz/corpus/`
+//! (beside them, `crash-*` files are inputs that once crashed a target, kept as regressions).
 //!
 //! `cargo test -p cks-fuzz --test seeds -- --ignored` writes them again (the ISO needs
 //! xorriso). The deterministic ones are checked against what would be written on every run.
@@ -222,14 +223,31 @@ fn write_seeds() {
     );
 }
 
+/// The corpus files of `target` that are seeds (valid samples), not `crash-*` inputs kept
+/// because they once crashed the target.
+fn seeds(target: &str) -> Vec<PathBuf> {
+    let mut seeds: Vec<PathBuf> = corpus_dir(target)
+        .read_dir()
+        .expect("corpus")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("crash-"))
+        })
+        .collect();
+    seeds.sort();
+    seeds
+}
+
 /// The seeds are valid inputs: each goes the whole way through its parser, so the fuzzers start
 /// from the deep end instead of bouncing off the first check.
 #[test]
 fn every_seed_passes_every_check() {
     use cks_proto::verify::{VerifyOptions, verify_bundle};
     let now = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
-    for entry in corpus_dir("api_request").read_dir().expect("corpus") {
-        let bytes = std::fs::read(entry.expect("entry").path()).expect("seed");
+    for seed in seeds("api_request") {
+        let bytes = std::fs::read(seed).expect("seed");
         let text = String::from_utf8(bytes).expect("UTF-8");
         let (query, body) = text.split_once('\n').unwrap_or((&text, ""));
         let mut pairs = cks_controller::api::params::parse_form(query);
@@ -246,8 +264,8 @@ fn every_seed_passes_every_check() {
         verify_bundle(&bundle, &VerifyOptions::default()).expect("the seed ISO verifies");
     assert_eq!(verified.manifest.images.len(), 2);
 
-    for entry in corpus_dir("manifest_yaml").read_dir().expect("corpus") {
-        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("seed");
+    for seed in seeds("manifest_yaml") {
+        let text = std::fs::read_to_string(seed).expect("seed");
         let scanned = cks_isobuilder::manifests::scan("seed.yaml", &text).expect("a seed scans");
         assert!(scanned.images.len() >= 2, "{:?}", scanned.images);
     }
