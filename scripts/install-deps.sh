@@ -1,7 +1,28 @@
 #!/usr/bin/env bash
 # Installs what `make test`, `make demo` and `make bench` need on a Debian machine, only when
 # missing. Safe to run again: it does nothing when everything is there.
+# `install-deps.sh fuzz` installs only what `make fuzz` adds: cargo-fuzz (from crates.io) and a
+# C++ compiler for libFuzzer.
 set -euo pipefail
+
+if [[ ${1:-} == fuzz ]]; then
+  if ! command -v c++ >/dev/null 2>&1; then
+    if [[ $(id -u) -ne 0 ]]; then
+      echo "install-deps: need root to apt-get install g++ (libFuzzer is C++)" >&2
+      exit 1
+    fi
+    echo "install-deps: installing g++" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends g++ >/dev/null
+  fi
+  # cargo-fuzz 0.13 builds targets on stable Rust with --sanitizer none.
+  if ! cargo fuzz --version 2>/dev/null | grep -q '^cargo-fuzz 0\.13\.'; then
+    echo "install-deps: installing cargo-fuzz 0.13.2" >&2
+    cargo install cargo-fuzz --locked --version 0.13.2
+  fi
+  exit 0
+fi
 
 # command → Debian package providing it
 declare -A NEED=(
@@ -20,6 +41,7 @@ declare -A NEED=(
   [x86_64-linux-musl-gcc]=musl-tools  # the static cks-agent for the QEMU harness (make agent-static)
   [ip]=iproute2  # cloudsim's node network namespaces, bridges and veths
   [kubectl]=kubernetes-client  # drives kubesim's API server; only when no kubectl is installed
+  [ssh-keygen]=openssh-client  # cloudsim's test that ssh-keygen reads the keys it makes
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

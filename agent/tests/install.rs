@@ -530,12 +530,15 @@ struct PrivateContainerd {
 }
 
 impl PrivateContainerd {
+    /// `None` when this machine cannot run it: the calling test is then skipped visibly (and
+    /// fails under `CI=true`), see [`cks_fixtures::skip`].
+    #[track_caller]
     fn start() -> Option<PrivateContainerd> {
-        if !nix::unistd::geteuid().is_root()
-            || which("containerd").is_none()
-            || which("ctr").is_none()
-        {
-            eprintln!("skipped: needs root, containerd and ctr");
+        use cks_fixtures::skip::{Need, require};
+        if !require(
+            "a private containerd",
+            &[Need::Root, Need::Tools(&["containerd", "ctr"])],
+        ) {
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");

@@ -282,7 +282,35 @@ async fn settings_are_listed_updated_and_the_service_can_be_switched_off() {
         .call("listConfigurations", &[("keyword", "cloud.kubernetes")])
         .await
         .unwrap();
-    assert!(kubernetes["count"].as_u64().unwrap() >= 10);
+    // Exactly CKS's fifteen settings, each once (and none of CloudStack's own twice).
+    let mut names: Vec<&str> = kubernetes["configuration"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "cloud.kubernetes.cluster.add.node.timeout",
+            "cloud.kubernetes.cluster.experimental.features.enabled",
+            "cloud.kubernetes.cluster.max.size",
+            "cloud.kubernetes.cluster.network.offering",
+            "cloud.kubernetes.cluster.remove.node.timeout",
+            "cloud.kubernetes.cluster.scale.timeout",
+            "cloud.kubernetes.cluster.start.timeout",
+            "cloud.kubernetes.cluster.upgrade.retries",
+            "cloud.kubernetes.cluster.upgrade.timeout",
+            "cloud.kubernetes.control.node.install.attempt.wait.duration",
+            "cloud.kubernetes.control.node.install.reattempt.count",
+            "cloud.kubernetes.etcd.node.start.port",
+            "cloud.kubernetes.service.enabled",
+            "cloud.kubernetes.worker.node.install.attempt.wait.duration",
+            "cloud.kubernetes.worker.node.install.reattempt.count",
+        ]
+    );
+    assert_eq!(kubernetes["count"], 15);
 
     api_error(
         env.admin
@@ -333,7 +361,7 @@ async fn users_see_and_delete_only_their_own_clusters() {
     let version = env.add_version("1.33.1", &[]).await;
     let version = version["id"].as_str().unwrap();
     let (admins, _) = create(&env, &env.admin, version, "admins").await;
-    let (users, _) = create(&env, &env.user, version, "users").await;
+    let (users, users_create) = create(&env, &env.user, version, "users").await;
 
     let seen = env.user.call("listKubernetesClusters", &[]).await.unwrap();
     assert_eq!(seen["count"], 1);
@@ -376,7 +404,7 @@ async fn users_see_and_delete_only_their_own_clusters() {
         .await
         .unwrap();
     assert_eq!(all["count"], 2);
-    // Still being set up: no config yet, and no delete in Starting (as CKS).
+    // Still being set up: no config yet.
     let text = api_error(
         env.user
             .call("getKubernetesClusterConfig", &[("id", &users)])
@@ -384,7 +412,112 @@ async fn users_see_and_delete_only_their_own_clusters() {
         530,
     );
     assert!(text.contains("Setup is in progress"), "{text}");
+
+    // The user deletes their own cluster while it is Starting (unlike CKS, which refuses and
+    // leaves it wedged): wait until its create has made the VMs and the rules and waits for the
+    // first node (no agent runs here, so it waits until deleted).
+    let mut starting = Value::Null;
+    for _ in 0..600 {
+        let listed = env
+            .user
+            .call("listKubernetesClusters", &[("id", &users)])
+            .await
+            .unwrap();
+        starting = listed["kubernetescluster"][0].clone();
+        if starting["progress"]["step"] == "init-control-plane" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(starting["state"], "Starting", "{starting:#}");
+    assert_eq!(
+        starting["progress"]["step"], "init-control-plane",
+        "{starting:#}"
+    );
+    let vms: Vec<String> = starting["virtualmachines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|vm| vm["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(vms.len(), 2, "{starting:#}");
+    let network = starting["networkid"].as_str().unwrap().to_string();
+    let rules_before = rules(&env.user, Some(&network)).await;
+    assert!(
+        rules_before
+            .iter()
+            .any(|(kind, _)| kind == "loadbalancerrule"),
+        "{rules_before:?}"
+    );
+    assert!(
+        rules_before.iter().any(|(kind, _)| kind == "firewallrule"),
+        "{rules_before:?}"
+    );
+
+    let job = env
+        .user
+        .submit("deleteKubernetesCluster", &[("id", &users)])
+        .await
+        .unwrap();
+    let result = env.wait_job(&env.user, &job.job_id).await.unwrap();
+    assert_eq!(result["success"], true, "{result}");
+    // The create's job fails, saying why.
+    let err = env
+        .wait_job(&env.user, &users_create)
+        .await
+        .expect_err("the cancelled create's job fails");
+    assert!(err.to_string().contains("being deleted"), "{err}");
+    // The user's cluster, its VMs, rules and network are gone; the admin's cluster is not.
+    let listed = env.user.call("listKubernetesClusters", &[]).await.unwrap();
+    assert_eq!(listed, serde_json::json!({}));
+    for vm in &vms {
+        let found = env
+            .admin
+            .call("listVirtualMachines", &[("id", vm), ("listall", "true")])
+            .await
+            .unwrap();
+        assert!(found.get("virtualmachine").is_none(), "{found}");
+    }
+    let rules_after = rules(&env.admin, None).await;
+    assert!(
+        rules_before.iter().all(|rule| !rules_after.contains(rule)),
+        "rules left: {rules_after:?} of {rules_before:?}"
+    );
+    let networks = env.user.call("listNetworks", &[]).await.unwrap();
+    assert!(
+        !networks.to_string().contains(&network),
+        "network left: {networks}"
+    );
+    let all = env
+        .admin
+        .call("listKubernetesClusters", &[("listall", "true")])
+        .await
+        .unwrap();
+    assert_eq!(all["count"], 1, "{all}");
+    assert_eq!(all["kubernetescluster"][0]["id"], admins.as_str());
     env.stop().await;
+}
+
+/// Every firewall, port forwarding and load balancer rule `client` sees (on `network` only if
+/// given), as (kind, id).
+async fn rules(
+    client: &cks_controller::cloudstack::CloudStackClient,
+    network: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut rules = Vec::new();
+    for (command, kind) in [
+        ("listFirewallRules", "firewallrule"),
+        ("listPortForwardingRules", "portforwardingrule"),
+        ("listLoadBalancerRules", "loadbalancerrule"),
+    ] {
+        let mut params = vec![("listall", "true")];
+        params.extend(network.map(|n| ("networkid", n)));
+        let listed = client.call(command, &params).await.unwrap();
+        for rule in listed[kind].as_array().into_iter().flatten() {
+            rules.push((kind.to_string(), rule["id"].as_str().unwrap().to_string()));
+        }
+    }
+    rules
 }
 
 #[tokio::test]

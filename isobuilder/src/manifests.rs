@@ -17,12 +17,14 @@ pub struct ScannedManifest {
     pub rewritten: Vec<u8>,
 }
 
-/// A manifest that is not valid YAML.
+/// A manifest that is not valid YAML, or that the YAML emitter cannot write back once rewritten
+/// (some mappings used as keys).
 #[derive(Debug, thiserror::Error)]
-#[error("manifest {file} is not valid YAML (document {document})")]
+#[error("manifest {file} {problem} (document {document})")]
 pub struct ScanError {
     file: String,
     document: usize,
+    problem: &'static str,
     #[source]
     source: serde_yaml_ng::Error,
 }
@@ -40,21 +42,29 @@ pub fn scan(file: &str, text: &str) -> Result<ScannedManifest, ScanError> {
         let mut value = Value::deserialize(document).map_err(|source| ScanError {
             file: file.to_string(),
             document: index + 1,
+            problem: "is not valid YAML",
             source,
         })?;
         if value.is_null() {
             continue;
         }
         visit(&mut value, &mut images);
-        documents.push(value);
+        documents.push((index + 1, value));
     }
     let mut rewritten = String::new();
-    for (i, document) in documents.iter().enumerate() {
+    for (i, (number, document)) in documents.iter().enumerate() {
         if i > 0 {
             rewritten.push_str("---\n");
         }
-        // A Value parsed from YAML always serialises back.
-        rewritten.push_str(&serde_yaml_ng::to_string(document).unwrap_or_default());
+        // Not every Value parsed from YAML serialises back (the emitter fails on some mappings
+        // used as keys): refuse the manifest rather than put an empty document on the ISO.
+        let text = serde_yaml_ng::to_string(document).map_err(|source| ScanError {
+            file: file.to_string(),
+            document: *number,
+            problem: "cannot be written back as YAML",
+            source,
+        })?;
+        rewritten.push_str(&text);
     }
     let mut unique = Vec::new();
     for image in images {
@@ -193,6 +203,22 @@ spec:
         let err = scan("dashboard.yaml", "a: 1\n---\nb: [unclosed\n").unwrap_err();
         assert!(err.to_string().contains("dashboard.yaml"));
         assert!(err.to_string().contains("document 2"));
+    }
+
+    /// Found by the `manifest_yaml` fuzz target: the rewrite of a document with some mappings as
+    /// keys fails in the YAML emitter, and was silently empty, so the ISO would have carried an
+    /// empty manifest while its images were bundled.
+    #[test]
+    fn a_document_that_cannot_be_written_back_is_refused_not_emptied() {
+        let text = "spec:\n  containers:\n    - {name: x, image: busybox}\nx:\n  ? a: b\n  : c\n";
+        let err = scan("odd.yaml", text).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("odd.yaml cannot be written back as YAML (document 1)"),
+            "{err}"
+        );
+        let err = scan("odd.yaml", &format!("a: 1\n---\n---\n{text}")).unwrap_err();
+        assert!(err.to_string().contains("(document 3)"), "{err}");
     }
 
     #[test]

@@ -109,7 +109,13 @@ fn builds_a_verified_bundle_whose_images_import_into_containerd_with_registry_di
     assert!(!text.contains("imagePullPolicy: Always"));
 
     // The stock node loop imports them into a real containerd, names and digests intact.
-    if !cks_fixtures::tools::require_root_or_skip("containerd import") {
+    if !cks_fixtures::skip::require(
+        "containerd import",
+        &[
+            cks_fixtures::skip::Need::Root,
+            cks_fixtures::skip::Need::Tools(&["containerd", "ctr"]),
+        ],
+    ) {
         return;
     }
     let containerd = cks_fixtures::containerd::Containerd::start().unwrap();

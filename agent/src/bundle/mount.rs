@@ -349,8 +349,18 @@ mod tests {
 
     use super::*;
 
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
+    /// Root and loop devices, else the test is skipped visibly (failing under `CI=true`).
+    #[track_caller]
+    fn loop_mounts_possible(tools: &[&str]) -> bool {
+        use cks_fixtures::skip::{Need, require};
+        require(
+            "loop mounts",
+            &[
+                Need::Root,
+                Need::Path("/dev/loop-control"),
+                Need::Tools(tools),
+            ],
+        )
     }
 
     fn mounted(path: &Path) -> bool {
@@ -371,8 +381,7 @@ mod tests {
 
     #[test]
     fn squashfs_image_is_mounted_read_only_and_released_on_drop() {
-        if !is_root() || !Path::new("/dev/loop-control").exists() {
-            eprintln!("skipped: needs root and /dev/loop-control");
+        if !loop_mounts_possible(&["mksquashfs"]) {
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");
@@ -383,14 +392,9 @@ mod tests {
         let status = Command::new("mksquashfs")
             .args([&tree, &image])
             .args(["-all-root", "-quiet", "-no-progress"])
-            .status();
-        match status {
-            Ok(s) if s.success() => {}
-            other => {
-                eprintln!("skipped: mksquashfs unavailable ({other:?})");
-                return;
-            }
-        }
+            .status()
+            .expect("run mksquashfs");
+        assert!(status.success(), "mksquashfs failed: {status}");
         let mount = KernelMount::mount(
             &image,
             "squashfs",
@@ -428,8 +432,7 @@ mod tests {
 
     #[test]
     fn failed_mount_leaves_no_loop_device_attached() {
-        if !is_root() || !Path::new("/dev/loop-control").exists() {
-            eprintln!("skipped: needs root and /dev/loop-control");
+        if !loop_mounts_possible(&[]) {
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");

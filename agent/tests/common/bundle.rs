@@ -404,21 +404,28 @@ impl TestBundle {
         write_bundle_flavored(&self.tree, arch, version, Flavor::Kubesim);
     }
 
-    /// Builds the ISO with xorriso; `None` (test skipped) when xorriso is missing.
+    /// Builds the ISO with xorriso; `None` when xorriso is missing: the calling test is then
+    /// skipped visibly (and fails under `CI=true`), see [`cks_fixtures::skip`]. A failing
+    /// xorriso fails the test.
+    #[track_caller]
     pub fn build_iso(&self) -> Option<&Path> {
-        let status = Command::new("xorriso")
+        use cks_fixtures::skip::{Need, require};
+        if !require("building a bundle ISO", &[Need::Tools(&["xorriso"])]) {
+            return None;
+        }
+        let out = Command::new("xorriso")
             .args(["-no_rc", "-report_about", "SORRY", "-outdev"])
             .arg(&self.iso)
             .args(["-volid", "CDROM", "-map"])
             .arg(&self.tree)
             .args(["/", "-commit"])
-            .output();
-        match status {
-            Ok(out) if out.status.success() => Some(&self.iso),
-            other => {
-                eprintln!("skipped: xorriso unavailable or failed: {other:?}");
-                None
-            }
-        }
+            .output()
+            .expect("run xorriso");
+        assert!(
+            out.status.success(),
+            "xorriso failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(&self.iso)
     }
 }

@@ -201,11 +201,13 @@ mod tests {
 
     #[test]
     fn ssh_keygen_reads_the_private_key_when_installed() {
-        let Ok(found) = std::process::Command::new("ssh-keygen").arg("-?").output() else {
-            eprintln!("SKIPPED: ssh-keygen is not installed");
+        use cks_fixtures::skip::{Need, require};
+        if !require(
+            "reading the key with ssh-keygen",
+            &[Need::Tools(&["ssh-keygen"])],
+        ) {
             return;
-        };
-        drop(found);
+        }
         let key = generate("cloudsim-test").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("id");

@@ -50,17 +50,24 @@ fn binary(name: &str, package: &str) -> PathBuf {
     path
 }
 
-/// True when this machine can run namespaced nodes; prints why not otherwise.
-fn nodes_possible(what: &str) -> bool {
-    cks_fixtures::tools::require_root_and_tools_or_skip(
+/// True when this machine can run namespaced nodes; otherwise the calling test is skipped
+/// visibly (and fails under `CI=true`), see [`cks_fixtures::skip`].
+#[track_caller]
+fn nodes_possible(what: &str, extra: &[&str]) -> bool {
+    use cks_fixtures::skip::{Need, require};
+    require(
         what,
         &[
-            "ip",
-            "containerd",
-            "ctr",
-            "xorriso",
-            "skopeo",
-            "docker-registry",
+            Need::Root,
+            Need::Tools(&[
+                "ip",
+                "containerd",
+                "ctr",
+                "xorriso",
+                "skopeo",
+                "docker-registry",
+            ]),
+            Need::Tools(extra),
         ],
     )
 }
@@ -312,7 +319,7 @@ fn netns_names() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_run_agents_find_the_iso_reach_each_other_and_public_ports_forward() {
-    if !nodes_possible("the real-nodes test") {
+    if !nodes_possible("the real-nodes test", &[]) {
         return;
     }
     let controller = Controller::start().await;
@@ -517,7 +524,7 @@ async fn two_nodes_run_agents_find_the_iso_reach_each_other_and_public_ports_for
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_nodes_reach_the_controller_directly_and_restart_with_the_simulator() {
-    if !nodes_possible("the loopback-nodes test") {
+    if !nodes_possible("the loopback-nodes test", &[]) {
         return;
     }
     let controller = Controller::start().await;
@@ -665,7 +672,7 @@ async fn shared_network(admin: &Client, zone: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_network_nodes_get_their_range_keys_and_an_external_load_balancer() {
-    if !nodes_possible("the shared-network test") {
+    if !nodes_possible("the shared-network test", &[]) {
         return;
     }
     let controller = Controller::start().await;
@@ -885,11 +892,7 @@ async fn node_ready(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enabled_kubelet_starts_at_boot_and_the_node_comes_back_ready() {
-    if !nodes_possible("the kubelet-at-boot test") {
-        return;
-    }
-    if let Err(err) = cks_fixtures::require_tools(&["kubectl"]) {
-        eprintln!("SKIPPED the kubelet-at-boot test: {err:#}; run scripts/install-deps.sh");
+    if !nodes_possible("the kubelet-at-boot test", &["kubectl"]) {
         return;
     }
     let controller = Controller::start().await;

@@ -82,19 +82,24 @@ impl Programs {
     }
 }
 
-/// True when this machine can run namespaced nodes with the whole stack; prints why not
-/// otherwise.
+/// True when this machine can run namespaced nodes with the whole stack; otherwise the calling
+/// test is skipped visibly (and fails under `CI=true`), see [`cks_fixtures::skip`].
+#[track_caller]
 pub fn nodes_possible(what: &str) -> bool {
-    cks_fixtures::tools::require_root_and_tools_or_skip(
+    use cks_fixtures::skip::{Need, require};
+    require(
         what,
         &[
-            "ip",
-            "containerd",
-            "ctr",
-            "xorriso",
-            "skopeo",
-            "docker-registry",
-            "kubectl",
+            Need::Root,
+            Need::Tools(&[
+                "ip",
+                "containerd",
+                "ctr",
+                "xorriso",
+                "skopeo",
+                "docker-registry",
+                "kubectl",
+            ]),
         ],
     )
 }

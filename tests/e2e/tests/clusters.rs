@@ -139,6 +139,33 @@ async fn an_ha_cluster_of_three_control_nodes_and_two_workers_runs_behind_the_lo
         .unwrap();
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0]["name"], "api-lb");
+    assert_eq!(rules[0]["publicport"], "6443", "{:#}", rules[0]);
+    assert_eq!(rules[0]["privateport"], "6443", "{:#}", rules[0]);
+    // Its members are exactly the three control nodes (CloudStack's view of the rule).
+    let rule_id = rules[0]["id"].as_str().unwrap();
+    let mut members = stack
+        .sim
+        .snapshot()
+        .rules
+        .iter()
+        .find(|rule| rule.id == rule_id)
+        .map(|rule| rule.vm_ids.clone())
+        .unwrap();
+    members.sort();
+    let mut control: Vec<String> = vms
+        .iter()
+        .filter(|vm| vm["iscontrolnode"] == true)
+        .map(|vm| vm["id"].as_str().unwrap().to_string())
+        .collect();
+    control.sort();
+    assert_eq!(members, control);
+    // kubectl goes through it: the kubeconfig's server is the rule's public address.
+    let config = std::fs::read_to_string(kubeconfig(&stack, &id).await).unwrap();
+    let server = format!(
+        "server: https://{}:6443",
+        rules[0]["publicip"].as_str().unwrap()
+    );
+    assert!(config.contains(&server), "{server} not in the kubeconfig");
     let ready = ready(&stack, &id).await;
     assert_eq!(ready.len(), 5, "{ready:?}");
     delete_and_check_nothing_is_left(&stack, &id).await;

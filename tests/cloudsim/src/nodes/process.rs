@@ -366,7 +366,8 @@ mod tests {
         assert_eq!(unescape_mount_path("/plain"), "/plain");
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(unmount_below(dir.path()), 0);
-        if !nix::unistd::geteuid().is_root() {
+        use cks_fixtures::skip::{Need, require};
+        if !require("mounting a tmpfs", &[Need::Root]) {
             return;
         }
         let point = dir.path().join("vm/root/with space");
