@@ -3,7 +3,7 @@
 //!
 //! | target | what it reads | where the input comes from |
 //! |---|---|---|
-//! | [`api_request`] | [`parse_form`] and [`Params`] of a query and a body, [`sign::verify`] | any HTTP client of the API |
+//! | [`api_request`] | [`parse_request`] (strict), [`parse_form`] and [`Params`] of a query and a body, [`sign::verify`] | any HTTP client of the API |
 //! | [`bundle_manifest`] | [`read_manifest`] of `cks-manifest.json` | the bundle ISO attached to a node |
 //! | [`iso_reader`] | [`IsoBundle`]: volume descriptors, directories, Rock Ridge, file data, then [`verify_bundle`] | the bundle ISO (a CD-ROM the agent reads in user space) |
 //! | [`image_archive`] | an image archive (tar of an OCI layout): [`verify_bundle`]'s walk, [`verify_image_blobs`], the agent's [`ImportArchive`] | `docker/*.tar` in the bundle |
@@ -16,6 +16,7 @@
 //! docs/decisions/0015-fuzzing-on-stable.md.
 //!
 //! [`parse_form`]: cks_controller::api::params::parse_form
+//! [`parse_request`]: cks_controller::api::params::parse_request
 //! [`Params`]: cks_controller::api::params::Params
 //! [`sign::verify`]: cks_controller::cloudstack::sign::verify
 //! [`read_manifest`]: cks_proto::manifest::read_manifest
@@ -28,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 
 use cks_agent::images::archive::ImportArchive;
-use cks_controller::api::params::{Params, parse_form};
+use cks_controller::api::params::{Params, parse_form, parse_request};
 use cks_controller::cloudstack::sign;
 use cks_proto::ids::Sha256Digest;
 use cks_proto::iso::{IsoBundle, read_volume_id};
@@ -63,6 +64,22 @@ const SECRET: &str = "fuzz-secret-key";
 pub fn api_request(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (query, body) = text.split_once('\n').unwrap_or((&text, ""));
+    // The strict reading the endpoint uses. Property: what it accepts has no name twice (in
+    // any case) and reads back the same once encoded again.
+    let form = Some("Application/X-WWW-Form-Urlencoded; charset=UTF-8");
+    if let Ok(strict) = parse_request(Some(query), Some((form, body.as_bytes()))) {
+        let mut names: Vec<String> = strict.iter().map(|(n, _)| n.to_ascii_lowercase()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), strict.len(), "a repeated name was accepted");
+        let encoded = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&strict)
+            .finish();
+        assert_eq!(
+            parse_request(Some(&encoded), None).expect("re-encoded parameters parse"),
+            strict
+        );
+    }
     let mut pairs = parse_form(query);
     pairs.extend(parse_form(body));
 
