@@ -172,51 +172,30 @@ async fn a_state_changing_request_acts_once_and_a_replay_gets_the_first_answer()
 
 #[tokio::test]
 async fn legacy_and_long_lived_signatures_are_refused_unless_allowed() {
-    let env = Env::start().await;
-    let keys = env.sim.user_keys().clone();
-    let legacy = cloudsim::signing::signed_params(
-        "listKubernetesClusters",
-        &[],
-        &keys.api_key,
-        &keys.secret_key,
-        None,
-    );
-    assert_eq!(get(&env, &legacy).await.0, 401);
-    let a_day = cloudsim::signing::signed_params(
-        "listKubernetesClusters",
-        &[],
-        &keys.api_key,
-        &keys.secret_key,
-        Some(&expires_in(86_400)),
-    );
-    assert_eq!(get(&env, &a_day).await.0, 401);
-    let ten_minutes = signed(&env, "listKubernetesClusters", &[]);
-    assert_eq!(get(&env, &ten_minutes).await.0, 200);
-    env.stop().await;
-
-    let env = Env::start_tweaked(cloudsim::SimConfig::for_tests(), |config| {
-        config.signatures.allow_legacy = true;
-        config.signatures.max_validity = Duration::from_secs(2 * 86_400);
-    })
-    .await;
-    let keys = env.sim.user_keys().clone();
-    let legacy = cloudsim::signing::signed_params(
-        "listKubernetesClusters",
-        &[],
-        &keys.api_key,
-        &keys.secret_key,
-        None,
-    );
-    assert_eq!(get(&env, &legacy).await.0, 200);
-    let a_day = cloudsim::signing::signed_params(
-        "listKubernetesClusters",
-        &[],
-        &keys.api_key,
-        &keys.secret_key,
-        Some(&expires_in(86_400)),
-    );
-    assert_eq!(get(&env, &a_day).await.0, 200);
-    env.stop().await;
+    // (allowed, status): by default both are refused; the operator may allow both.
+    for (allowed, status) in [(false, 401), (true, 200)] {
+        let env = Env::start_tweaked(cloudsim::SimConfig::for_tests(), |config| {
+            if allowed {
+                config.signatures.allow_legacy = true;
+                config.signatures.max_validity = Duration::from_secs(2 * 86_400);
+            }
+        })
+        .await;
+        let keys = env.sim.user_keys().clone();
+        for expires in [None, Some(expires_in(86_400))] {
+            let query = cloudsim::signing::signed_params(
+                "listKubernetesClusters",
+                &[],
+                &keys.api_key,
+                &keys.secret_key,
+                expires.as_deref(),
+            );
+            assert_eq!(get(&env, &query).await.0, status, "expires {expires:?}");
+        }
+        let ten_minutes = signed(&env, "listKubernetesClusters", &[]);
+        assert_eq!(get(&env, &ten_minutes).await.0, 200);
+        env.stop().await;
+    }
 }
 
 /// The admin's isolated network, as the victim's.

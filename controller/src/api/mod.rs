@@ -246,6 +246,12 @@ async fn client_api(
     }
     match admission {
         Admission::Fresh => {
+            // Dropped before the answer is recorded (the client went away): forget it.
+            let pending = Unanswered {
+                replays: &api.replays,
+                api_key: &caller.api_key,
+                signature: &signature,
+            };
             let response = answer(
                 &api,
                 &caller,
@@ -261,6 +267,7 @@ async fn client_api(
             let bytes = axum::body::to_bytes(body, MAX_REMEMBERED_ANSWER)
                 .await
                 .unwrap_or_default();
+            std::mem::forget(pending);
             api.replays.answer(
                 &caller.api_key,
                 &signature,
@@ -288,6 +295,19 @@ async fn client_api(
                 &ApiError::new(503, Some(9999), "The request is busy; try again shortly"),
             )
         }
+    }
+}
+
+/// An admitted state-changing request until its answer is recorded.
+struct Unanswered<'a> {
+    replays: &'a ReplayCache,
+    api_key: &'a str,
+    signature: &'a str,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        self.replays.abandon(self.api_key, self.signature);
     }
 }
 

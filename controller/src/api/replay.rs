@@ -106,6 +106,18 @@ impl ReplayCache {
         }
     }
 
+    /// Forgets an admitted request that got no answer (its handler was dropped: the client
+    /// went away mid-request), so that asking again runs it rather than waiting for an answer
+    /// that will never come. Whatever it began is then found by the operation's own
+    /// idempotence (the engine answers a repeated operation with its running job).
+    pub fn abandon(&self, api_key: &str, signature: &str) {
+        let key = Self::key(api_key, signature);
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.get(&key).is_some_and(|e| e.answer.is_none()) {
+            seen.remove(&key);
+        }
+    }
+
     /// How many requests are remembered (expired ones included until the next purge).
     pub fn len(&self) -> usize {
         self.seen
@@ -152,6 +164,14 @@ mod tests {
         );
         // Another key with the same signature text is another request.
         assert_eq!(cache.admit("k2", "sig", until, now), Admission::Fresh);
+        // One abandoned unanswered may be asked again; an answered one stays.
+        cache.abandon("k2", "sig");
+        assert_eq!(cache.admit("k2", "sig", until, now), Admission::Fresh);
+        cache.abandon("k", "sig");
+        assert!(matches!(
+            cache.admit("k", "sig", until, now),
+            Admission::Answered(_)
+        ));
         // Past its expiry the signature check refuses the request anyway; the slot is free.
         let later = until + Duration::from_secs(1);
         assert_eq!(cache.admit("k", "sig", later, later), Admission::Fresh);
