@@ -2,16 +2,21 @@
 //! Kubernetes commands itself and forwarding everything else to CloudStack unchanged.
 //!
 //! One request goes through:
-//! 1. **parse**: the query string and, for `POST`, the form body, decoded, in order;
+//! 1. **parse** ([`params::parse_request`]): the query string and, for a form `POST`, the body,
+//!    strictly decoded; a repeated name, a bad escape or another body type is refused here, so
+//!    the signature check, the command and CloudStack all read one parameter set;
 //! 2. **route**: a Kubernetes command, one of ours by its id (`queryAsyncJobResult` of our job),
 //!    a merged list (`listApis`, `listAsyncJobs`, `listConfigurations`), or CloudStack's: the
 //!    original query and body are forwarded byte for byte (the signature covers only the
 //!    parameters, so it stays valid) and CloudStack's answer comes back as it is — except
 //!    `destroyVirtualMachine` of a cluster's node, which the owner is refused as CKS refuses it;
-//! 3. **authenticate** (ours only): the API key's owner and secret come from CloudStack
-//!    (`getUser`, `getUserKeys`, cached briefly) and the signature and `expires` are checked
-//!    here, exactly as CloudStack checks them;
-//! 4. **dispatch** to [`commands`] and shape the response: `{"<command>response": …}`, lists
+//! 3. **budget** (ours only): unsigned requests are refused and each API key has a rate budget
+//!    ([`limits`]) before anything is looked up;
+//! 4. **authenticate**: the API key's owner, secret, account state and role rules come from
+//!    CloudStack (cached briefly) and the signature and `expires` are checked here, as
+//!    CloudStack checks them, with the operator's [`SignaturePolicy`];
+//! 5. **act once** ([`replay`]): a state-changing request seen before gets its first answer;
+//! 6. **dispatch** to [`commands`] and shape the response: `{"<command>response": …}`, lists
 //!    with `count` (or `{}` when empty), async commands with `jobid` (+ `id`), errors with
 //!    `errorcode`/`cserrorcode`/`errortext` and HTTP status = errorcode.
 
@@ -212,37 +217,52 @@ async fn client_api(
         Ok(caller) => caller,
         Err(err) => return error_response(&command, &err),
     };
+    let received = Received {
+        method,
+        query: query.as_deref(),
+        body,
+        headers: &headers,
+    };
     if replay::is_read_only(&command) {
-        return answer(
-            &api,
-            &caller,
-            &params,
-            route,
-            method,
-            query.as_deref(),
-            body,
-            &headers,
-        )
-        .await;
+        answer(&api, &caller, &params, route, received).await
+    } else {
+        act_once(&api, &caller, &params, route, received).await
     }
-    // A state-changing request acts once; the same signed request again gets the same answer.
+}
+
+/// What was received, for the commands that pass it on (merged lists).
+struct Received<'a> {
+    method: Method,
+    query: Option<&'a str>,
+    body: Bytes,
+    headers: &'a HeaderMap,
+}
+
+/// A state-changing request acts once: the same signed request again (a replay, or a client
+/// asking again within the second its signature is valid for) gets the first answer.
+async fn act_once(
+    api: &Api,
+    caller: &Caller,
+    params: &Params,
+    route: commands::Route,
+    received: Received<'_>,
+) -> Response {
+    let command = params.command();
     let now = time::OffsetDateTime::now_utc();
     // A legacy request (when allowed) carries no expiry: remember it for the longest validity
     // a signed one may have.
     let until = sign::param(params.raw(), sign::EXPIRES)
         .and_then(sign::parse_expires)
         .unwrap_or(now + api.signatures.max_validity);
-    let signature = sign::param(params.raw(), sign::SIGNATURE)
-        .unwrap_or_default()
-        .to_owned();
-    let mut admission = api.replays.admit(&caller.api_key, &signature, until, now);
+    let signature = sign::param(params.raw(), sign::SIGNATURE).unwrap_or_default();
+    let mut admission = api.replays.admit(&caller.api_key, signature, until, now);
     // The same request still running: wait for its answer a little (bounded).
     for _ in 0..REPLAY_WAIT_ROUNDS {
         if admission != Admission::Running {
             break;
         }
         tokio::time::sleep(REPLAY_WAIT).await;
-        admission = api.replays.admit(&caller.api_key, &signature, until, now);
+        admission = api.replays.admit(&caller.api_key, signature, until, now);
     }
     match admission {
         Admission::Fresh => {
@@ -250,19 +270,9 @@ async fn client_api(
             let pending = Unanswered {
                 replays: &api.replays,
                 api_key: &caller.api_key,
-                signature: &signature,
+                signature,
             };
-            let response = answer(
-                &api,
-                &caller,
-                &params,
-                route,
-                method,
-                query.as_deref(),
-                body,
-                &headers,
-            )
-            .await;
+            let response = answer(api, caller, params, route, received).await;
             let (parts, body) = response.into_parts();
             let bytes = axum::body::to_bytes(body, MAX_REMEMBERED_ANSWER)
                 .await
@@ -270,7 +280,7 @@ async fn client_api(
             std::mem::forget(pending);
             api.replays.answer(
                 &caller.api_key,
-                &signature,
+                signature,
                 (
                     parts.status.as_u16(),
                     String::from_utf8_lossy(&bytes).into_owned(),
@@ -291,7 +301,7 @@ async fn client_api(
         Admission::Running | Admission::Full => {
             warn!(user = %caller.username, %command, ?admission, "state-changing request deferred");
             error_response(
-                &command,
+                command,
                 &ApiError::new(503, Some(9999), "The request is busy; try again shortly"),
             )
         }
@@ -319,16 +329,12 @@ const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 const MAX_REMEMBERED_ANSWER: usize = 1 << 20;
 
 /// Runs an authenticated request of ours (or a merged list) and shapes the response.
-#[allow(clippy::too_many_arguments)]
 async fn answer(
     api: &Api,
     caller: &Caller,
     params: &Params,
     route: commands::Route,
-    method: Method,
-    query: Option<&str>,
-    body: Bytes,
-    headers: &HeaderMap,
+    received: Received<'_>,
 ) -> Response {
     let command = params.command().to_string();
     let outcome = match route {
@@ -336,7 +342,12 @@ async fn answer(
             // CloudStack answers first (and checks the request its own way); ours are added.
             let upstream = api
                 .forwarder
-                .forward(method, query, body, content_type(headers))
+                .forward(
+                    received.method,
+                    received.query,
+                    received.body,
+                    content_type(received.headers),
+                )
                 .await;
             match upstream {
                 Ok(upstream) if upstream.status == 200 => {
