@@ -12,11 +12,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use cks_controller::agents::{AgentHub, EveryNode, HubError, MemoryTokens, NodeKey, NodeStatus};
-use cks_controller::pki::{self, AgentCa, NodeIdentity};
+use cks_controller::agents::{AgentHub, HubError, NodeKey, NodeStatus};
+use cks_controller::pki::{self, NodeIdentity};
 use cks_proto::agent::command::Kind;
 use cks_proto::agent::{Command, InitControlPlane, NodeRole, StepStatus};
 use common::bundle::{TestBundle, host_arch};
@@ -32,28 +31,11 @@ struct Controller {
 
 impl Controller {
     async fn start(node_validity: Option<Duration>) -> Controller {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ca = AgentCa::load_or_create(&dir.path().join("ca")).unwrap();
-        if let Some(validity) = node_validity {
-            ca = ca.with_node_validity(validity);
-        }
-        let ca = Arc::new(ca);
-        let server = ca.issue_server(&["127.0.0.1".to_string()]).unwrap();
-        let hub = AgentHub::new(
-            ca,
-            Arc::new(MemoryTokens::default()),
-            Arc::new(EveryNode),
-            Duration::from_secs(1),
-        );
-        let (addr, _task) = hub
-            .clone()
-            .spawn("127.0.0.1:0".parse().unwrap(), server)
-            .await
-            .unwrap();
+        let started = common::hub::start(node_validity).await;
         Controller {
-            _dir: dir,
-            hub,
-            addr,
+            _dir: started.dir,
+            hub: started.hub,
+            addr: started.addr,
         }
     }
 

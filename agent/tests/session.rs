@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cks_controller::agents::{AgentHub, EveryNode, HubError, MemoryTokens, NodeKey, NodeStatus};
-use cks_controller::pki::{AgentCa, NodeIdentity};
+use cks_controller::agents::{AgentHub, HubError, NodeKey, NodeStatus};
+use cks_controller::pki::NodeIdentity;
 use cks_proto::agent::command::Kind;
 use cks_proto::agent::command_result::Payload;
 use cks_proto::agent::{
@@ -60,25 +60,12 @@ struct Controller {
 
 impl Controller {
     async fn start() -> Controller {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Arc::new(AgentCa::load_or_create(&dir.path().join("ca")).unwrap());
-        let server = ca.issue_server(&["127.0.0.1".to_string()]).unwrap();
-        let hub = AgentHub::new(
-            ca,
-            Arc::new(MemoryTokens::default()),
-            Arc::new(EveryNode),
-            Duration::from_secs(1),
-        );
-        let (addr, handle) = hub
-            .clone()
-            .spawn("127.0.0.1:0".parse().unwrap(), server)
-            .await
-            .unwrap();
+        let started = common::hub::start(None).await;
         Controller {
-            _dir: dir,
-            hub,
-            addr,
-            _server: handle,
+            _dir: started.dir,
+            hub: started.hub,
+            addr: started.addr,
+            _server: started.server,
         }
     }
 
