@@ -19,8 +19,8 @@ use cks_proto::agent::controller_message::Kind as ControllerKind;
 use cks_proto::agent::enrollment_client::EnrollmentClient;
 use cks_proto::agent::node_session_client::NodeSessionClient;
 use cks_proto::agent::{
-    AgentMessage, CommandResult, ControllerMessage, EnrollRequest, Hello, NodeRole, Progress,
-    RenewCertificate, StepState,
+    AgentMessage, CertificateRenewed, CommandResult, ControllerMessage, EnrollRequest, Hello,
+    NodeRole, Progress, RenewCertificate, StepState,
 };
 use rcgen::{CertificateParams, KeyPair};
 use tokio::sync::mpsc;
@@ -199,6 +199,24 @@ impl Harness {
     }
 }
 
+/// Asks for a certificate for `key` over an open stream; returns the controller's answer.
+async fn renew(
+    tx: &mpsc::Sender<AgentMessage>,
+    inbound: &mut Streaming<ControllerMessage>,
+    key: &KeyPair,
+) -> CertificateRenewed {
+    tx.send(message(AgentKind::RenewCertificate(RenewCertificate {
+        csr_pem: csr(key),
+    })))
+    .await
+    .unwrap();
+    let reply = next(inbound).await.unwrap().unwrap();
+    let Some(ControllerKind::CertificateRenewed(renewed)) = reply.kind else {
+        panic!("not a renewal answer: {reply:?}");
+    };
+    renewed
+}
+
 fn message(kind: AgentKind) -> AgentMessage {
     AgentMessage { kind: Some(kind) }
 }
@@ -332,15 +350,7 @@ async fn a_removed_node_is_cut_and_refused_at_stream_enrollment_and_renewal() {
         .unwrap()
         .insert(NodeKey::new(CLUSTER, "n2"));
     let new_key = KeyPair::generate().unwrap();
-    tx.send(message(AgentKind::RenewCertificate(RenewCertificate {
-        csr_pem: csr(&new_key),
-    })))
-    .await
-    .unwrap();
-    let reply = next(&mut inbound).await.unwrap().unwrap();
-    let Some(ControllerKind::CertificateRenewed(renewed)) = reply.kind else {
-        panic!("not a renewal answer: {reply:?}");
-    };
+    let renewed = renew(&tx, &mut inbound, &new_key).await;
     assert!(renewed.certificate_pem.is_empty());
     assert!(
         renewed.error.contains("no longer part"),
@@ -361,15 +371,7 @@ async fn a_certificate_renewed_over_the_stream_opens_the_next_stream() {
         Some(old_fingerprint.clone())
     );
     let new_key = KeyPair::generate().unwrap();
-    tx.send(message(AgentKind::RenewCertificate(RenewCertificate {
-        csr_pem: csr(&new_key),
-    })))
-    .await
-    .unwrap();
-    let reply = next(&mut inbound).await.unwrap().unwrap();
-    let Some(ControllerKind::CertificateRenewed(renewed)) = reply.kind else {
-        panic!("not a renewal answer: {reply:?}");
-    };
+    let renewed = renew(&tx, &mut inbound, &new_key).await;
     assert!(renewed.error.is_empty(), "{}", renewed.error);
     let der = pki::pem_to_der(&renewed.certificate_pem).unwrap();
     assert_eq!(pki::node_identity(&der).unwrap().node_name, "n1");
