@@ -59,14 +59,7 @@ fn nodes_possible(what: &str, extra: &[&str]) -> bool {
         what,
         &[
             Need::Root,
-            Need::Tools(&[
-                "ip",
-                "containerd",
-                "ctr",
-                "xorriso",
-                "skopeo",
-                "docker-registry",
-            ]),
+            Need::Tools(cloudsim::nodes::NODE_TOOLS),
             Need::Tools(extra),
         ],
     )

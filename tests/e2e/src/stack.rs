@@ -91,15 +91,8 @@ pub fn nodes_possible(what: &str) -> bool {
         what,
         &[
             Need::Root,
-            Need::Tools(&[
-                "ip",
-                "containerd",
-                "ctr",
-                "xorriso",
-                "skopeo",
-                "docker-registry",
-                "kubectl",
-            ]),
+            Need::Tools(cloudsim::nodes::NODE_TOOLS),
+            Need::Tools(&["kubectl"]),
         ],
     )
 }

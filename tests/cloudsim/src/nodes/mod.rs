@@ -48,6 +48,18 @@
 //! runner removes what a previous run with the same state directory left behind; at shutdown it
 //! stops every process by pid and deletes every namespace it made (links go with them).
 
+/// The host tools namespaced nodes need (the node network, containerd and its client, and
+/// what builds and serves their bundle): a test that runs nodes skips, or fails under
+/// `CI=true`, without them.
+pub const NODE_TOOLS: &[&str] = &[
+    "ip",
+    "containerd",
+    "ctr",
+    "xorriso",
+    "skopeo",
+    "docker-registry",
+];
+
 pub mod forward;
 pub mod netns;
 pub mod process;
