@@ -97,6 +97,7 @@ fn authenticate(db: &Db, params: &Params) -> Result<Caller, ApiError> {
         account_id: account.id.clone(),
         account_name: account.name.clone(),
         admin: account.admin,
+        domain_admin: account.domain_admin,
     })
 }
 

@@ -48,13 +48,35 @@ impl VmState {
     }
 }
 
-/// The root domain (the only one the simulator has).
+/// A domain: `ROOT` (in [`Db::domain`]) or one of its descendants (in [`Db::subdomains`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Domain {
     /// UUID.
     pub id: String,
-    /// `ROOT`.
+    /// `ROOT`, or the subdomain's name.
     pub name: String,
+    /// The parent domain (`None` for ROOT).
+    #[serde(default)]
+    pub parent_id: Option<String>,
+}
+
+/// A project: resources owned by its own (project) account, managed by its member accounts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Project {
+    /// UUID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Display text.
+    pub display_text: String,
+    /// The domain it lives in.
+    pub domain_id: String,
+    /// The project account that owns its resources (`Account::project_id` points back).
+    pub account_id: String,
+    /// Member accounts, the first being the project's admin (owner).
+    pub members: Vec<String>,
+    /// Creation time.
+    pub created: String,
 }
 
 /// An account; `admin` accounts are root admins.
@@ -64,8 +86,17 @@ pub struct Account {
     pub id: String,
     /// Account name.
     pub name: String,
-    /// True for a root admin (accounttype 1), false for a user (accounttype 0).
+    /// True for a root admin (accounttype 1), false otherwise.
     pub admin: bool,
+    /// True for a domain admin (accounttype 2): manages every account of its domain's tree.
+    #[serde(default)]
+    pub domain_admin: bool,
+    /// The account's domain (`None`: ROOT).
+    #[serde(default)]
+    pub domain_id: Option<String>,
+    /// Set on a project's own account (accounttype 5), which owns the project's resources.
+    #[serde(default)]
+    pub project_id: Option<String>,
     /// The account's role (`None`: the built-in one for its type).
     #[serde(default)]
     pub role_id: Option<String>,
@@ -76,6 +107,24 @@ pub struct Account {
 
 fn enabled() -> String {
     "enabled".into()
+}
+
+// === impl Account ===
+
+impl Account {
+    /// An enabled account of ROOT with the built-in role of its type.
+    pub fn new(name: &str, admin: bool) -> Self {
+        Account {
+            id: crate::store::new_id(),
+            name: name.into(),
+            admin,
+            domain_admin: false,
+            domain_id: None,
+            project_id: None,
+            role_id: None,
+            state: enabled(),
+        }
+    }
 }
 
 /// A role (CloudStack's dynamic roles): a type and ordered permission rules.
@@ -532,6 +581,12 @@ pub struct Configuration {
 pub struct Db {
     /// The root domain.
     pub domain: Option<Domain>,
+    /// Domains below ROOT (`createDomain`).
+    #[serde(default)]
+    pub subdomains: Vec<Domain>,
+    /// Projects (`createProject`).
+    #[serde(default)]
+    pub projects: Vec<Project>,
     /// Accounts.
     pub accounts: Vec<Account>,
     /// Users.

@@ -273,20 +273,8 @@ pub fn seed() -> Db {
 pub fn seed_with(public_cidr: &str) -> Db {
     let created = now();
     let zone_id = new_id();
-    let admin = Account {
-        id: new_id(),
-        name: ADMIN_ACCOUNT.into(),
-        admin: true,
-        role_id: None,
-        state: "enabled".into(),
-    };
-    let user = Account {
-        id: new_id(),
-        name: USER_ACCOUNT.into(),
-        admin: false,
-        role_id: None,
-        state: "enabled".into(),
-    };
+    let admin = Account::new(ADMIN_ACCOUNT, true);
+    let user = Account::new(USER_ACCOUNT, false);
     let offering = |name: &str, cpu: u64, mem: u64| ServiceOffering {
         id: new_id(),
         name: name.into(),
@@ -306,6 +294,7 @@ pub fn seed_with(public_cidr: &str) -> Db {
         domain: Some(Domain {
             id: new_id(),
             name: "ROOT".into(),
+            parent_id: None,
         }),
         users: vec![
             User {

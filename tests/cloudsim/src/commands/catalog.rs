@@ -5,7 +5,9 @@
 
 use serde_json::{Value, json};
 
-use super::{Ctx, Outcome, compute, identity, images, keys, limits, list_response, network};
+use super::{
+    Ctx, Outcome, compute, identity, images, keys, limits, list_response, network, tenancy,
+};
 use crate::error::ApiError;
 use crate::model::RuleKind;
 
@@ -20,6 +22,21 @@ pub(crate) enum Access {
     /// Root admins only; for users the command does not exist (432), as with CloudStack's
     /// role-based API checker.
     Admin,
+    /// Root and domain admins (the handler keeps a domain admin inside its tree).
+    DomainAdmin,
+}
+
+// === impl Access ===
+
+impl Access {
+    /// True when `caller` may call a command with this access.
+    pub(crate) fn allows(self, caller: &super::Caller) -> bool {
+        match self {
+            Self::Everyone => true,
+            Self::Admin => caller.admin,
+            Self::DomainAdmin => caller.admin || caller.domain_admin,
+        }
+    }
 }
 
 /// One parameter, as `listApis` shows it.
@@ -102,6 +119,13 @@ const fn admin(command: Command) -> Command {
     }
 }
 
+const fn domain_admin(command: Command) -> Command {
+    Command {
+        access: Access::DomainAdmin,
+        ..command
+    }
+}
+
 const ID: Param = req("id", "uuid", "the ID of the resource");
 const PAGE: Param = opt("page", "integer", "the page (1-based)");
 const PAGESIZE: Param = opt("pagesize", "integer", "the page size");
@@ -113,6 +137,16 @@ const LISTALL: Param = opt(
 );
 const ACCOUNT: Param = opt("account", "string", "the owning account");
 const DOMAINID: Param = opt("domainid", "uuid", "the owning account's domain");
+const ISRECURSIVE: Param = opt(
+    "isrecursive",
+    "boolean",
+    "with domainid: that domain and every domain below it",
+);
+const PROJECTID: Param = opt(
+    "projectid",
+    "uuid",
+    "the project (lists: -1 for every project of the caller)",
+);
 
 fn list_firewall_rules(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
     network::list_rules(ctx, RuleKind::Firewall)
@@ -307,6 +341,7 @@ pub(crate) const COMMANDS: &[Command] = &[
             ),
             ACCOUNT,
             DOMAINID,
+            PROJECTID,
         ],
     ),
     job(
@@ -416,6 +451,7 @@ pub(crate) const COMMANDS: &[Command] = &[
             LISTALL,
             ACCOUNT,
             DOMAINID,
+            PROJECTID,
             PAGE,
             PAGESIZE,
         ],
@@ -429,6 +465,7 @@ pub(crate) const COMMANDS: &[Command] = &[
             req("name", "string", "Name of the keypair"),
             ACCOUNT,
             DOMAINID,
+            PROJECTID,
         ],
     ),
     sync(
@@ -440,6 +477,7 @@ pub(crate) const COMMANDS: &[Command] = &[
             req("publickey", "string", "Public key material of the keypair"),
             ACCOUNT,
             DOMAINID,
+            PROJECTID,
         ],
     ),
     sync(
@@ -458,6 +496,7 @@ pub(crate) const COMMANDS: &[Command] = &[
             LISTALL,
             ACCOUNT,
             DOMAINID,
+            PROJECTID,
             PAGE,
             PAGESIZE,
         ],
@@ -470,6 +509,7 @@ pub(crate) const COMMANDS: &[Command] = &[
             req("name", "string", "Name of the keypair"),
             ACCOUNT,
             DOMAINID,
+            PROJECTID,
         ],
     ),
     // === networks and rules ===
@@ -498,6 +538,7 @@ pub(crate) const COMMANDS: &[Command] = &[
             opt("acltype", "string", "Account or Domain"),
             ACCOUNT,
             DOMAINID,
+            PROJECTID,
         ],
     ),
     sync(
@@ -513,6 +554,7 @@ pub(crate) const COMMANDS: &[Command] = &[
             LISTALL,
             ACCOUNT,
             DOMAINID,
+            PROJECTID,
             PAGE,
             PAGESIZE,
         ],
@@ -735,13 +777,111 @@ pub(crate) const COMMANDS: &[Command] = &[
         &[
             opt("id", "uuid", "list account by account ID"),
             opt("name", "string", "list account by account name"),
+            DOMAINID,
+            ISRECURSIVE,
             KEYWORD,
             LISTALL,
             PAGE,
             PAGESIZE,
         ],
     ),
-    admin(sync(
+    domain_admin(sync(
+        "createDomain",
+        tenancy::create_domain,
+        "Creates a domain",
+        &[
+            req("name", "string", "creates domain with this name"),
+            opt(
+                "parentdomainid",
+                "uuid",
+                "assigns new domain a parent domain by domain ID of the parent",
+            ),
+        ],
+    )),
+    domain_admin(sync(
+        "listDomains",
+        tenancy::list_domains,
+        "Lists domains and provides detailed information for listed domains",
+        &[
+            opt("id", "uuid", "List domain by domain ID."),
+            opt("name", "string", "List domain by domain name."),
+            KEYWORD,
+            LISTALL,
+            PAGE,
+            PAGESIZE,
+        ],
+    )),
+    domain_admin(sync(
+        "listDomainChildren",
+        tenancy::list_domain_children,
+        "Lists all children domains belonging to a specified domain",
+        &[
+            opt("id", "uuid", "list children of particular domain"),
+            opt("name", "string", "list children domains by name"),
+            ISRECURSIVE,
+            KEYWORD,
+            PAGE,
+            PAGESIZE,
+        ],
+    )),
+    job(
+        "createProject",
+        tenancy::create_project,
+        "Creates a project",
+        &[
+            req("name", "string", "name of the project"),
+            req("displaytext", "string", "display text of the project"),
+            ACCOUNT,
+            DOMAINID,
+        ],
+    ),
+    sync(
+        "listProjects",
+        tenancy::list_projects,
+        "Lists projects and provides detailed information for listed projects",
+        &[
+            opt("id", "uuid", "list projects by project ID"),
+            opt("name", "string", "list projects by name"),
+            DOMAINID,
+            KEYWORD,
+            LISTALL,
+            PAGE,
+            PAGESIZE,
+        ],
+    ),
+    job(
+        "addAccountToProject",
+        tenancy::add_account_to_project,
+        "Adds account to a project",
+        &[
+            req(
+                "projectid",
+                "uuid",
+                "ID of project project to add the account to",
+            ),
+            opt(
+                "account",
+                "string",
+                "name of the account to be added to the project",
+            ),
+        ],
+    ),
+    sync(
+        "listProjectAccounts",
+        tenancy::list_project_accounts,
+        "Lists project's accounts",
+        &[
+            req("projectid", "uuid", "ID of the project"),
+            opt(
+                "account",
+                "string",
+                "list accounts of the project by account name",
+            ),
+            PAGE,
+            PAGESIZE,
+        ],
+    ),
+    domain_admin(sync(
         "createAccount",
         identity::create_account,
         "Creates an account",
@@ -756,7 +896,11 @@ pub(crate) const COMMANDS: &[Command] = &[
                 "string",
                 "the account name (default: the username)",
             ),
-            opt("accounttype", "integer", "0 user, 1 root admin"),
+            opt(
+                "accounttype",
+                "integer",
+                "0 user, 1 root admin, 2 domain admin",
+            ),
             opt("roleid", "uuid", "the role"),
             DOMAINID,
         ],
@@ -972,7 +1116,7 @@ fn render(command: &Command) -> Value {
 
 /// `listApis [name=…]`: what the caller may call, as the API discovery plugin lists it.
 fn list_apis(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
-    let visible = |c: &&Command| c.access == Access::Everyone || ctx.caller.admin;
+    let visible = |c: &&Command| c.access.allows(ctx.caller);
     let items: Vec<Value> = match ctx.params.get("name") {
         Some(name) => {
             let command = find(name).filter(visible).ok_or_else(|| {

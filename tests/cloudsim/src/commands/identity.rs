@@ -2,13 +2,16 @@
 
 use serde_json::{Value, json};
 
-use super::{Ctx, Outcome, account, domain_id, list_response};
+use super::tenancy::{account_domain, account_type, domain_name, domain_path};
+use super::{Ctx, Outcome, account, list_response};
 use crate::error::ApiError;
 use crate::model::{Account, Db, Job, Role, RolePermission, Tag, User};
 use crate::store::{self, new_id, new_key};
 
 /// Ids of the built-in roles, which accounts without a `createRole` role have.
 pub const ROOT_ADMIN_ROLE_ID: &str = "00000000-0000-0000-0000-000000000001";
+/// The built-in domain admin role.
+pub const DOMAIN_ADMIN_ROLE_ID: &str = "00000000-0000-0000-0000-000000000003";
 /// The built-in user role.
 pub const USER_ROLE_ID: &str = "00000000-0000-0000-0000-000000000004";
 
@@ -27,6 +30,12 @@ fn role_of(db: &Db, a: &Account) -> (String, String, String) {
             "Root Admin".into(),
             "Admin".into(),
         )
+    } else if a.domain_admin {
+        (
+            DOMAIN_ADMIN_ROLE_ID.into(),
+            "Domain Admin".into(),
+            "DomainAdmin".into(),
+        )
     } else {
         (USER_ROLE_ID.into(), "User".into(), "User".into())
     }
@@ -35,6 +44,7 @@ fn role_of(db: &Db, a: &Account) -> (String, String, String) {
 fn render_user(db: &Db, u: &User) -> Value {
     let acct = account(db, &u.account_id);
     let role = acct.map(|a| role_of(db, a));
+    let domain = account_domain(db, &u.account_id);
     let mut body = json!({
         "id": u.id,
         "username": u.username,
@@ -43,12 +53,13 @@ fn render_user(db: &Db, u: &User) -> Value {
         "email": u.email.clone().unwrap_or_else(|| format!("{}@cloudsim.invalid", u.username)),
         "accountid": u.account_id,
         "account": acct.map(|a| a.name.clone()),
-        "accounttype": acct.map(|a| if a.admin { 1 } else { 0 }),
+        "accounttype": acct.map(account_type),
         "roletype": role.as_ref().map(|r| r.2.clone()),
         "roleid": role.as_ref().map(|r| r.0.clone()),
         "rolename": role.as_ref().map(|r| r.1.clone()),
-        "domainid": domain_id(db),
-        "domain": "ROOT",
+        "domain": domain_name(db, &domain),
+        "domainpath": domain_path(db, &domain),
+        "domainid": domain,
         // A user of a disabled account is shown enabled, as CloudStack shows it: the
         // account's state is the account's.
         "state": "enabled",
@@ -68,28 +79,41 @@ fn render_account(db: &Db, a: &Account) -> Value {
         .map(|u| render_user(db, u))
         .collect();
     let (role_id, role_name, role_type) = role_of(db, a);
+    let domain = account_domain(db, &a.id);
     json!({
         "id": a.id,
         "name": a.name,
-        "accounttype": if a.admin { 1 } else { 0 },
+        "accounttype": account_type(a),
         "roletype": role_type,
         "roleid": role_id,
         "rolename": role_name,
-        "domainid": domain_id(db),
-        "domain": "ROOT",
-        "domainpath": "ROOT",
+        "domain": domain_name(db, &domain),
+        "domainpath": domain_path(db, &domain),
+        "domainid": domain,
         "state": a.state,
         "user": users,
     })
 }
 
-/// `listAccounts`: a user sees its own account, an admin all.
+/// `listAccounts`: a user sees its own account, a domain admin those of its domain tree, a
+/// root admin all; never a project's own account. `domainid` (with `isrecursive`) narrows.
 pub(super) fn list_accounts(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
+    let recursive = ctx.params.bool("isrecursive", false)?;
     let items = ctx
         .db
         .accounts
         .iter()
-        .filter(|a| ctx.caller.admin || a.id == ctx.caller.account_id)
+        .filter(|a| a.project_id.is_none() && ctx.manages(&a.id))
+        .filter(|a| {
+            ctx.params.get("domainid").is_none_or(|d| {
+                let theirs = account_domain(ctx.db, &a.id);
+                if recursive {
+                    super::tenancy::in_tree(ctx.db, d, &theirs)
+                } else {
+                    theirs == d
+                }
+            })
+        })
         .filter(|a| ctx.filter_matches("id", &a.id) && ctx.filter_matches("name", &a.name))
         .filter(|a| ctx.keyword_matches(&a.name))
         .map(|a| render_account(ctx.db, a))
@@ -137,31 +161,45 @@ pub(super) fn create_account(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
         ),
         None => None,
     };
-    let admin = match ctx.params.number::<u8>(ctx.command, "accounttype")? {
-        // The role's type decides (only Admin and User types are simulated).
-        _ if role.is_some() => role.as_ref().is_some_and(|r| r.role_type == "Admin"),
-        None | Some(0) => false,
-        Some(1) => true,
+    let role_type = role.as_ref().map(|r| r.role_type.as_str());
+    let account_type = match ctx.params.number::<u8>(ctx.command, "accounttype")? {
+        // The role's type decides (Admin, DomainAdmin and User types are simulated).
+        _ if role_type == Some("Admin") => 1,
+        _ if role_type == Some("DomainAdmin") => 2,
+        _ if role_type.is_some() => 0,
+        None => 0,
+        Some(t @ (0..=2)) => t,
         Some(other) => {
             return Err(ApiError::param(format!(
-                "Invalid account type {other}; the simulator has user (0) and root admin (1) accounts"
+                "Invalid account type {other}; the simulator has user (0), root admin (1) and domain admin (2) accounts"
             )));
         }
     };
+    let domain = ctx.domain_param()?;
+    // A domain admin makes users and domain admins of its own tree, never root admins.
+    ctx.check_domain(&domain)?;
+    if account_type == 1 && !ctx.caller.admin {
+        return Err(ApiError::permission(format!(
+            "Account {} does not have permission to create a root admin account",
+            ctx.caller.account_name
+        )));
+    }
     let username = ctx.params.require(ctx.command, "username")?;
     let name = ctx.params.get("account").unwrap_or(username).to_owned();
-    if ctx.db.accounts.iter().any(|a| a.name == name) {
+    if ctx
+        .db
+        .accounts
+        .iter()
+        .any(|a| a.name == name && account_domain(ctx.db, &a.id) == domain)
+    {
         return Err(ApiError::param(format!(
             "The specified account: {name} already exists"
         )));
     }
-    let account = Account {
-        id: new_id(),
-        name,
-        admin,
-        role_id: role.map(|r| r.id),
-        state: "enabled".into(),
-    };
+    let mut account = Account::new(&name, account_type == 1);
+    account.domain_admin = account_type == 2;
+    account.domain_id = Some(domain).filter(|d| *d != super::domain_id(ctx.db));
+    account.role_id = role.map(|r| r.id);
     let user = new_user(ctx, &account.id)?;
     ctx.db.users.push(user);
     let body = render_account(ctx.db, &account);
@@ -172,13 +210,20 @@ pub(super) fn create_account(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
 /// `createUser` (admin): a user of an existing account, without API keys.
 pub(super) fn create_user(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
     let name = ctx.params.require(ctx.command, "account")?;
+    let domain = ctx.domain_param()?;
     let account_id = ctx
         .db
         .accounts
         .iter()
-        .find(|a| a.name == name)
+        .find(|a| a.name == name && account_domain(ctx.db, &a.id) == domain)
         .map(|a| a.id.clone())
-        .ok_or_else(|| ApiError::param(format!("Unable to find account {name} in domain ROOT")))?;
+        .ok_or_else(|| {
+            ApiError::param(format!(
+                "Unable to find account {name} in domain {}",
+                domain_name(ctx.db, &domain)
+            ))
+        })?;
+    ctx.check_access(&account_id, &account_id)?;
     let user = new_user(ctx, &account_id)?;
     let body = render_user(ctx.db, &user);
     ctx.db.users.push(user);
@@ -209,12 +254,11 @@ pub(super) fn register_user_keys(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError>
 /// `account`, `accounttype`, `state`, `domainid`, `keyword`.
 pub(super) fn list_users(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
     let account_type: Option<u8> = ctx.params.number(ctx.command, "accounttype")?;
-    let domain = domain_id(ctx.db);
     let items = ctx
         .db
         .users
         .iter()
-        .filter(|u| ctx.caller.admin || u.account_id == ctx.caller.account_id)
+        .filter(|u| ctx.manages(&u.account_id))
         .filter(|u| ctx.filter_matches("id", &u.id) && ctx.filter_matches("username", &u.username))
         .filter(|u| {
             ctx.params
@@ -223,7 +267,7 @@ pub(super) fn list_users(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
         })
         .filter(|u| {
             account_type.is_none_or(|t| {
-                account(ctx.db, &u.account_id).is_some_and(|a| u8::from(a.admin) == t)
+                account(ctx.db, &u.account_id).is_some_and(|a| super::tenancy::account_type(a) == t)
             })
         })
         .filter(|_| {
@@ -231,7 +275,7 @@ pub(super) fn list_users(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
                 .get("state")
                 .is_none_or(|s| s.eq_ignore_ascii_case("enabled"))
         })
-        .filter(|_| ctx.filter_matches("domainid", &domain))
+        .filter(|u| ctx.filter_matches("domainid", &account_domain(ctx.db, &u.account_id)))
         .filter(|u| ctx.keyword_matches(&u.username))
         .map(|u| render_user(ctx.db, u))
         .collect();
@@ -437,7 +481,7 @@ pub(super) fn list_tags(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
                 "resourceid": t.resource_id,
                 "resourcetype": t.resource_type,
                 "account": super::account_name(ctx.db, &t.account_id),
-                "domainid": domain_id(ctx.db),
+                "domainid": account_domain(ctx.db, &t.account_id),
             })
         })
         .collect();
@@ -458,8 +502,8 @@ pub(crate) fn render_job(db: &Db, job: &Job) -> Value {
         "accountid": job.account_id,
         "account": super::account_name(db, &job.account_id),
         "userid": job.user_id,
-        "domainid": domain_id(db),
-        "domainpath": "/",
+        "domainid": account_domain(db, &job.account_id),
+        "domainpath": domain_path(db, &account_domain(db, &job.account_id)),
         "managementserverid": "cloudsim",
     });
     if let Some(user) = user {

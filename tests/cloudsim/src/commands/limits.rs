@@ -14,7 +14,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Ctx, Outcome, account, domain_id, list_response, setting, zone_name};
+use super::{Ctx, Outcome, account, list_response, setting, zone_name};
 use crate::cidr::Cidr;
 use crate::error::ApiError;
 use crate::model::{Db, ResourceLimit, VmState};
@@ -271,8 +271,8 @@ pub(super) fn list_capacity(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
 fn render_limit(db: &Db, account_id: &str, number: u8) -> Value {
     json!({
         "account": account(db, account_id).map(|a| a.name.clone()),
-        "domainid": domain_id(db),
-        "domain": "ROOT",
+        "domainid": super::tenancy::account_domain(db, account_id),
+        "domain": super::tenancy::domain_name(db, &super::tenancy::account_domain(db, account_id)),
         "resourcetype": number.to_string(),
         "resourcetypename": type_name(number),
         "max": limit(db, account_id, number),

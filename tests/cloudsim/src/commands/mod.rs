@@ -9,6 +9,7 @@ mod images;
 mod keys;
 pub(crate) mod limits;
 pub(crate) mod network;
+mod tenancy;
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
@@ -47,6 +48,8 @@ pub struct Caller {
     pub account_name: String,
     /// Root admin.
     pub admin: bool,
+    /// Domain admin (of its account's domain and everything below it).
+    pub domain_admin: bool,
 }
 
 /// Decoded request parameters, names as received.
@@ -232,7 +235,7 @@ pub fn is_read_only(command: &str) -> bool {
 /// by a user.
 pub fn dispatch(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
     let command = catalog::find(ctx.command)
-        .filter(|c| c.access == catalog::Access::Everyone || ctx.caller.admin)
+        .filter(|c| c.access.allows(ctx.caller))
         .ok_or_else(|| ApiError::unknown_command(ctx.command, &ctx.caller.user_id))?;
     (command.handler)(ctx)
 }
@@ -321,7 +324,7 @@ fn account_name(db: &Db, id: &str) -> String {
 }
 
 fn domain_id(db: &Db) -> String {
-    db.domain.as_ref().map(|d| d.id.clone()).unwrap_or_default()
+    tenancy::root_id(db)
 }
 
 fn zone_name(db: &Db, id: &str) -> String {
@@ -332,19 +335,43 @@ fn zone_name(db: &Db, id: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Owner fields every controlled entity carries.
+/// Owner fields every controlled entity carries: its account, or for a project's resources
+/// the project (CloudStack's `populateOwner`), and the owner's domain.
 fn owner_fields(db: &Db, account_id: &str, body: &mut Value) {
-    body["account"] = json!(account_name(db, account_id));
-    body["domainid"] = json!(domain_id(db));
-    body["domain"] = json!("ROOT");
+    if let Some(project) = tenancy::project_of(db, account_id) {
+        body["projectid"] = json!(project.id);
+        body["project"] = json!(project.name);
+    } else {
+        body["account"] = json!(account_name(db, account_id));
+    }
+    let domain = tenancy::account_domain(db, account_id);
+    body["domain"] = json!(tenancy::domain_name(db, &domain));
+    body["domainpath"] = json!(tenancy::domain_path(db, &domain));
+    body["domainid"] = json!(domain);
 }
 
 // === impl Ctx ===
 
 impl Ctx<'_> {
-    /// 531 unless the caller owns the entity or is admin.
-    fn check_access(&self, owner: &str, entity: &str) -> Result<(), ApiError> {
+    /// True when the caller may act on what account `owner` owns: its own account, any for
+    /// root admins, its domain's tree for domain admins, and a project's for its members.
+    fn manages(&self, owner: &str) -> bool {
+        let db = &*self.db;
         if self.caller.admin || self.caller.account_id == owner {
+            return true;
+        }
+        if self.caller.domain_admin {
+            let mine = tenancy::account_domain(db, &self.caller.account_id);
+            if tenancy::in_tree(db, &mine, &tenancy::account_domain(db, owner)) {
+                return true;
+            }
+        }
+        tenancy::project_of(db, owner).is_some_and(|p| p.members.contains(&self.caller.account_id))
+    }
+
+    /// 531 unless the caller manages the entity's owner.
+    fn check_access(&self, owner: &str, entity: &str) -> Result<(), ApiError> {
+        if self.manages(owner) {
             Ok(())
         } else {
             Err(ApiError::permission(format!(
@@ -354,30 +381,72 @@ impl Ctx<'_> {
         }
     }
 
-    /// Whether a list shows an entity owned by `owner`: own entities always; an admin sees
-    /// other accounts' with `listall=true`, an `id` filter or an `account` filter.
+    /// Whether a list shows an entity owned by `owner`, as CloudStack's list commands decide:
+    /// - `projectid=P` shows project P's entities (`-1`: every project's the caller manages);
+    /// - otherwise project entities are left out, unless asked for by `id`;
+    /// - own entities are always shown; an admin (root, or domain admin for its tree) sees
+    ///   others' with `listall=true`, an `id` filter or an `account` filter, narrowed to
+    ///   `domainid` (and below it with `isrecursive=true` or `listall=true`).
     fn visible(&self, owner: &str) -> bool {
+        let db = &*self.db;
+        let project = tenancy::project_of(db, owner);
+        match self.params.get("projectid") {
+            Some("-1") => return project.is_some() && self.manages(owner),
+            Some(id) => return project.is_some_and(|p| p.id == id) && self.manages(owner),
+            None if project.is_some() => {
+                return self.params.get("id").is_some() && self.manages(owner);
+            }
+            None => {}
+        }
+        if let Some(domain) = self.params.get("domainid") {
+            let recursive = self.params.bool("isrecursive", false).unwrap_or(false)
+                || self.params.bool("listall", false).unwrap_or(false);
+            let theirs = tenancy::account_domain(db, owner);
+            let inside = if recursive {
+                tenancy::in_tree(db, domain, &theirs)
+            } else {
+                theirs == domain
+            };
+            if !inside {
+                return false;
+            }
+        }
         if self.caller.account_id == owner {
             return true;
         }
-        self.caller.admin
+        (self.caller.admin || self.caller.domain_admin)
+            && self.manages(owner)
             && (self.params.bool("listall", false).unwrap_or(false)
                 || self.params.get("id").is_some()
-                || self.params.get("account").is_some())
+                || self.params.get("account").is_some()
+                || self.params.get("domainid").is_some())
     }
 
-    /// The account a created entity belongs to: the caller's, or (admin only) `account`.
+    /// The account a created entity belongs to: the caller's; project `projectid`'s (for its
+    /// members); or `account` of `domainid` (the caller's domain by default) for whoever
+    /// manages that account.
     fn owner_for_create(&self) -> Result<String, ApiError> {
+        if let Some(id) = self.params.get("projectid") {
+            return Ok(self.managed_project(id)?.account_id);
+        }
         let Some(name) = self.params.get("account") else {
             return Ok(self.caller.account_id.clone());
         };
+        let domain = self.domain_param()?;
         let target = self
             .db
             .accounts
             .iter()
-            .find(|a| a.name == name)
+            .find(|a| {
+                a.name == name
+                    && a.project_id.is_none()
+                    && tenancy::account_domain(self.db, &a.id) == domain
+            })
             .ok_or_else(|| {
-                ApiError::param(format!("Unable to find account {name} in domain ROOT"))
+                ApiError::param(format!(
+                    "Unable to find account {name} in domain {}",
+                    tenancy::domain_name(self.db, &domain)
+                ))
             })?;
         self.check_access(&target.id, &target.id)?;
         Ok(target.id.clone())
