@@ -55,8 +55,12 @@ pub struct DeployRequest<'a> {
     pub root_disk_size: Option<u64>,
 }
 
-fn owner_params(owner: &Owner) -> [(&'static str, &str); 2] {
-    [("account", &owner.account), ("domainid", &owner.domain_id)]
+/// Whom a call acts for: the owning project, or the owner's account in its domain.
+fn owner_params(owner: &Owner) -> Vec<(&'static str, &str)> {
+    match &owner.project {
+        Some(project) => vec![("projectid", project.id.as_str())],
+        None => vec![("account", &owner.account), ("domainid", &owner.domain_id)],
+    }
 }
 
 // === impl Cloud ===

@@ -280,6 +280,15 @@ fn cluster_object(
         "created": cloudstack_date(cluster.created),
         "hasannotations": false,
     });
+    // CloudStack's `populateOwner`: a project's resource names its project, not the
+    // project's own account.
+    if let Some(project) = &cluster.owner.project {
+        if let Some(fields) = out.as_object_mut() {
+            fields.remove("account");
+        }
+        out["projectid"] = json!(project.id);
+        out["project"] = json!(project.name);
+    }
     if let Some(network_id) = &cluster.network_id {
         out["networkid"] = json!(network_id);
         out["associatednetworkname"] = json!(network.map(|n| n.name.clone()));

@@ -20,6 +20,7 @@
 //!    with `count` (or `{}` when empty), async commands with `jobid` (+ `id`), errors with
 //!    `errorcode`/`cserrorcode`/`errortext` and HTTP status = errorcode.
 
+pub mod access;
 pub mod commands;
 pub mod error;
 pub mod limits;
@@ -390,8 +391,10 @@ async fn clusters_guard(api: &Api, params: &Params) -> Option<ApiError> {
         Ok(caller) => caller,
         Err(err) => return Some(err),
     };
-    if !caller.is_admin() && caller.account_id != cluster.owner.account_id {
-        return None;
+    match access::may_see(api, &caller, &cluster).await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(err) => return Some(err),
     }
     info!(vm = %vm_id, cluster = %cluster.id, "refused to destroy a cluster node VM");
     Some(ApiError::internal(format!(

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use super::SecretKey;
 use super::client::{CloudStackClient, CloudStackError, decode_field};
-use super::types::{Account, RolePermission, User, UserKeys};
+use super::types::{Account, Domain, RolePermission, User, UserKeys};
 
 /// How long a resolved identity is reused.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -89,6 +89,9 @@ pub struct Caller {
     pub secret_key: SecretKey,
     /// The caller's role's rules, in the order they apply (empty: the commands' defaults).
     pub permissions: Arc<[RolePermission]>,
+    /// For a domain admin: its domain and every domain below it, whose accounts it manages
+    /// (empty for everyone else).
+    pub domains: Arc<[String]>,
 }
 
 // === impl Caller ===
@@ -107,12 +110,20 @@ impl Caller {
             api_key: "k".into(),
             secret_key: SecretKey::new("s"),
             permissions: Vec::new().into(),
+            domains: Vec::new().into(),
         }
     }
 
     /// True for root admins.
     pub fn is_admin(&self) -> bool {
         self.role_type == RoleType::Admin
+    }
+
+    /// True when the caller administers domain `id`: root admins every domain, domain admins
+    /// their own and those below it.
+    pub fn manages_domain(&self, id: &str) -> bool {
+        self.is_admin()
+            || (self.role_type == RoleType::DomainAdmin && self.domains.iter().any(|d| d == id))
     }
 
     /// Whether the caller's role lets them run `command` (its canonical name), as CloudStack's
@@ -365,17 +376,37 @@ impl IdentityResolver {
             Some(role_id) => self.permissions(role_id).await?,
             None => Vec::new(),
         };
+        let domain_id = user.domainid.unwrap_or_default();
+        let domains = if role_type == RoleType::DomainAdmin {
+            self.domain_tree(&domain_id).await?
+        } else {
+            Vec::new()
+        };
         Ok(Caller {
             user_id: user.id,
             username: user.username,
             account: user.account.unwrap_or_default(),
             account_id: user.accountid.unwrap_or_default(),
-            domain_id: user.domainid.unwrap_or_default(),
+            domain_id,
             role_type,
             api_key: api_key.to_owned(),
             secret_key,
             permissions: permissions.into(),
+            domains: domains.into(),
         })
+    }
+
+    /// Domain `id` and every domain below it (a domain admin's reach), cached with the
+    /// identity: a subdomain made since is seen when the identity is next looked up.
+    async fn domain_tree(&self, id: &str) -> Result<Vec<String>, IdentityError> {
+        let below = self
+            .client
+            .list_all::<Domain>(&[("id", id), ("isrecursive", "true"), ("listall", "true")])
+            .await
+            .map_err(IdentityError::Lookup)?;
+        let mut tree = vec![id.to_owned()];
+        tree.extend(below.into_iter().map(|d| d.id));
+        Ok(tree)
     }
 
     /// A role's rules in the order they apply. A CloudStack without dynamic roles (no
@@ -490,6 +521,7 @@ mod tests {
             api_key: "k".into(),
             secret_key: SecretKey::new("s"),
             permissions: rules.into(),
+            domains: Vec::new().into(),
         };
         let read_only = caller(vec![rule("list*", "allow"), rule("*", "deny")]);
         assert!(read_only.may("listKubernetesClusters", true));
@@ -518,6 +550,7 @@ mod tests {
             api_key: "AK".into(),
             secret_key: SecretKey::new("hunter2-secret"),
             permissions: Vec::new().into(),
+            domains: Vec::new().into(),
         };
         let debug = format!("{caller:?}");
         assert!(

@@ -381,12 +381,15 @@ pub struct Network {
     /// VPC id for a VPC tier.
     #[serde(default)]
     pub vpcid: Option<String>,
-    /// Owner account name.
+    /// Owner account name (absent for a project's network).
     #[serde(default)]
     pub account: Option<String>,
     /// Owner domain id.
     #[serde(default)]
     pub domainid: Option<String>,
+    /// The owning project, for a project's network.
+    #[serde(default)]
+    pub projectid: Option<String>,
     /// Tags.
     #[serde(default)]
     pub tags: Vec<Tag>,
@@ -710,6 +713,39 @@ pub struct Account {
     pub user: Vec<User>,
 }
 list_resource!(Account, "listAccounts", "account");
+
+/// A project (`listProjects`): its resources are owned by its own account, and its member
+/// accounts manage them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Project {
+    /// UUID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// The project's own account, which owns its resources.
+    #[serde(default)]
+    pub projectaccountname: Option<String>,
+    /// Domain id.
+    #[serde(default)]
+    pub domainid: Option<String>,
+    /// Domain name.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+list_resource!(Project, "listProjects", "project");
+
+/// A domain (`listDomainChildren`, `listDomains`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Domain {
+    /// UUID.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// `ROOT/eng/web`.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+list_resource!(Domain, "listDomainChildren", "domain");
 
 /// A user's key pair (`getUserKeys` → `userkeys`). The secret is redacted in `Debug`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

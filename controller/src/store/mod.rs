@@ -234,6 +234,32 @@ pub struct Owner {
     pub domain: String,
     /// The user who created the cluster.
     pub user_id: String,
+    /// The project that owns the cluster (its members manage it), when made with `projectid`.
+    /// `account`/`account_id` are then the project's own account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<ProjectRef>,
+}
+
+// === impl Owner ===
+
+impl Owner {
+    /// The account whose account-scoped settings apply: none for a project's cluster (its
+    /// own account is CloudStack's, not one an operator scopes settings to).
+    pub fn settings_account(&self) -> Option<&str> {
+        match self.project {
+            Some(_) => None,
+            None => Some(&self.account_id),
+        }
+    }
+}
+
+/// A project owning a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRef {
+    /// Project id.
+    pub id: String,
+    /// Project name (for responses).
+    pub name: String,
 }
 
 /// A private registry the nodes pull from (experimental in CKS). The password is a secret,
@@ -316,6 +342,7 @@ impl ClusterRecord {
                 domain_id: "d".into(),
                 domain: "ROOT".into(),
                 user_id: "u".into(),
+                project: None,
             },
             control_nodes,
             size,

@@ -6,6 +6,7 @@
 use serde_json::json;
 
 use super::list_reply;
+use crate::api::access;
 use crate::api::error::ApiError;
 use crate::api::params::Params;
 use crate::api::{Api, Reply};
@@ -14,37 +15,40 @@ use crate::render;
 use crate::store::{ClusterRecord, ClusterState, WorkflowKind};
 use crate::workflow::{KUBECONFIG_SECRET, Operation, StartError, Target};
 
-/// True when `caller` may see `cluster` (its account's, or any for root admins).
-fn may_see(caller: &Caller, cluster: &ClusterRecord) -> bool {
-    caller.is_admin() || cluster.owner.account_id == caller.account_id
-}
-
-/// A cluster the caller owns (or any, for admins); others do not exist for the caller.
+/// A cluster the caller may act on ([`access::may_see`]); others do not exist for the caller.
 ///
 /// # Errors
-/// 431 for an unknown (or destroyed) cluster, 531 for another account's.
-pub(super) fn owned_cluster(
+/// 431 for an unknown (or destroyed) cluster, and for one the caller may not see.
+pub(super) async fn owned_cluster(
     api: &Api,
     caller: &Caller,
     id: &str,
 ) -> Result<ClusterRecord, ApiError> {
     // Another account's cluster is answered exactly as an unknown id: the answer must not
     // tell a caller which ids exist.
-    api.ctx
+    let unknown = || ApiError::param(format!("Unable to find Kubernetes cluster with ID: {id}"));
+    let cluster = api
+        .ctx
         .store
         .cluster(id)?
-        .filter(|c| c.state != ClusterState::Destroyed && may_see(caller, c))
-        .ok_or_else(|| ApiError::param(format!("Unable to find Kubernetes cluster with ID: {id}")))
+        .filter(|c| c.state != ClusterState::Destroyed)
+        .ok_or_else(unknown)?;
+    if access::may_see(api, caller, &cluster).await? {
+        Ok(cluster)
+    } else {
+        Err(unknown())
+    }
 }
 
-/// `listKubernetesClusters`: `id`, `state`, `name` (exact), `keyword`, `account`, `listall`,
-/// paging. Users see their account's clusters; admins theirs, or all with `listall=true`.
+/// `listKubernetesClusters`: `id`, `state`, `name` (exact), `keyword`, `account`,
+/// `domainid`, `isrecursive`, `listall`, `projectid`, paging, with CloudStack's list rules
+/// ([`access::ListScope`]).
 ///
 /// # Errors
-/// Bad paging.
+/// Bad paging; a project the caller cannot see.
 pub async fn list(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, ApiError> {
     let paging = params.paging()?;
-    let listall = params.boolean("listall")?.unwrap_or(false);
+    let scope = access::ListScope::new(api, caller, params).await?;
     let state = match params.get("state") {
         Some(text) => Some(
             ClusterState::parse(text)
@@ -58,19 +62,7 @@ pub async fn list(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, 
         .store
         .clusters()?
         .into_iter()
-        .filter(|c| may_see(caller, c))
-        .filter(|c| {
-            let own = c.owner.account_id == caller.account_id;
-            own || listall
-                || params.get("id").is_some()
-                || params.get("account").is_some_and(|a| a == c.owner.account)
-        })
-        .filter(|c| params.get("account").is_none_or(|a| a == c.owner.account))
-        .filter(|c| {
-            params
-                .get("domainid")
-                .is_none_or(|d| d == c.owner.domain_id)
-        })
+        .filter(|c| scope.shows(caller, c))
         .filter(|c| params.get("id").is_none_or(|id| c.id == id))
         .filter(|c| params.get("name").is_none_or(|n| c.name == n))
         .filter(|c| state.is_none_or(|s| c.state == s))
@@ -99,7 +91,7 @@ pub async fn list(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, 
 /// Unknown cluster; still starting; no kubeconfig.
 pub async fn config(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, ApiError> {
     let id = params.require("id")?;
-    let cluster = owned_cluster(api, caller, id)?;
+    let cluster = owned_cluster(api, caller, id).await?;
     let sealed = api.ctx.store.secret(&cluster.id, KUBECONFIG_SECRET)?;
     let Some(sealed) = sealed else {
         let text = if matches!(
@@ -179,7 +171,7 @@ async fn operate(
     kind: WorkflowKind,
 ) -> Result<Reply, ApiError> {
     let id = params.require("id")?;
-    let cluster = owned_cluster(api, caller, id)?;
+    let cluster = owned_cluster(api, caller, id).await?;
     let job_id = api
         .engine
         .start(caller, Target::Existing(&cluster), Operation::plain(kind))
@@ -217,7 +209,7 @@ pub async fn start(api: &Api, caller: &Caller, params: &Params) -> Result<Reply,
 /// Unknown cluster; foreign VMs on the cluster's network.
 pub async fn delete(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, ApiError> {
     let id = params.require("id")?;
-    let cluster = owned_cluster(api, caller, id)?;
+    let cluster = owned_cluster(api, caller, id).await?;
     check_network_is_ours(api, &cluster).await?;
     let job_id = api
         .engine

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use super::super::access;
 use super::super::error::ApiError;
 use super::super::params::Params;
 use super::super::{Api, Reply};
@@ -12,7 +13,9 @@ use crate::cloudstack::types::{Account, GuestIpType, Network};
 use crate::cloudstack::{Caller, RoleType};
 use crate::settings::{EXPERIMENTAL_FEATURES, MAX_SIZE, NETWORK_OFFERING};
 use crate::store::WorkflowKind;
-use crate::store::{ClusterRecord, ClusterState, Owner, RegistryRef, VersionState, now};
+use crate::store::{
+    ClusterRecord, ClusterState, Owner, ProjectRef, RegistryRef, VersionState, now,
+};
 use crate::versions::{Semver, supports_ha};
 use crate::workflow::{API_PORT, Operation, REGISTRY_PASSWORD_SECRET, SSH_PORT_BASE, Target};
 
@@ -47,6 +50,8 @@ pub struct CreateRequest {
     pub account: Option<String>,
     /// `domainid`.
     pub domain_id: Option<String>,
+    /// `projectid`: the project owns the cluster.
+    pub project_id: Option<String>,
     /// `controlnodes` (default 1).
     pub control_nodes: u32,
     /// `size` (workers).
@@ -140,6 +145,7 @@ pub fn parse(params: &Params, registry_enabled: bool) -> Result<CreateRequest, A
         offering_id: params.get("serviceofferingid").map(str::to_string),
         account: params.get("account").map(str::to_string),
         domain_id: params.get("domainid").map(str::to_string),
+        project_id: params.get("projectid").map(str::to_string),
         control_nodes: u32::try_from(control_nodes).unwrap_or(u32::MAX),
         size: u32::try_from(size).unwrap_or(u32::MAX),
         root_disk_gb: root_disk.and_then(|d| u64::try_from(d).ok()),
@@ -183,9 +189,31 @@ fn parse_registry(
     }))
 }
 
-/// The owner of a new cluster: the caller, or (root admins) `account` + `domainid`.
+/// The owner of a new cluster: the caller; a project the caller can see (`projectid`); or,
+/// for admins, `account` + `domainid` as the caller may see them.
 async fn owner(api: &Api, caller: &Caller, request: &CreateRequest) -> Result<Owner, ApiError> {
     let client = api.ctx.cloud.client();
+    if let Some(project_id) = &request.project_id {
+        if request.account.is_some() {
+            // CloudStack's own text for this combination.
+            return Err(ApiError::param(
+                "ProjectId and account/domainId can't be specified together",
+            ));
+        }
+        let project = access::project(api, caller, project_id).await?;
+        return Ok(Owner {
+            account: project.projectaccountname.unwrap_or_default(),
+            // The project's own account is not listed by CloudStack; nothing is keyed on it.
+            account_id: String::new(),
+            domain_id: project.domainid.unwrap_or_default(),
+            domain: project.domain.unwrap_or_default(),
+            user_id: caller.user_id.clone(),
+            project: Some(ProjectRef {
+                id: project.id,
+                name: project.name,
+            }),
+        });
+    }
     let Some(account) = &request.account else {
         // The domain's name, for responses (`domain`); not worth failing a create over.
         let domain = client
@@ -201,6 +229,7 @@ async fn owner(api: &Api, caller: &Caller, request: &CreateRequest) -> Result<Ow
             domain_id: caller.domain_id.clone(),
             domain,
             user_id: caller.user_id.clone(),
+            project: None,
         });
     };
     let domain_id = request.domain_id.as_deref().unwrap_or(&caller.domain_id);
@@ -233,6 +262,7 @@ async fn owner(api: &Api, caller: &Caller, request: &CreateRequest) -> Result<Ow
         domain_id: found.domainid.unwrap_or_else(|| domain_id.to_string()),
         domain: found.domain.unwrap_or_default(),
         user_id: caller.user_id.clone(),
+        project: None,
     })
 }
 
@@ -253,7 +283,7 @@ pub async fn resolve(
     // them does not exist for them (the same error as an unknown id, so nothing leaks).
     let seen = cloud.as_caller(caller);
     let owner = owner(api, caller, request).await?;
-    let max_size = ctx.settings.number(MAX_SIZE, Some(&owner.account_id));
+    let max_size = ctx.settings.number(MAX_SIZE, owner.settings_account());
     if u64::from(request.control_nodes) + u64::from(request.size) > max_size {
         return Err(ApiError::param(format!(
             "Maximum cluster size can not exceed {max_size}. Please contact your administrator"
@@ -466,11 +496,19 @@ pub async fn resolve(
 }
 
 /// Whether the cluster's owner may place VMs in `network`: a shared network (CloudStack
-/// checks its access when the VM is deployed), or one the owner's account owns.
+/// checks its access when the VM is deployed), or one the owner (account or project) owns.
 fn network_usable_by(network: &Network, owner: &Owner) -> bool {
-    network.network_type == GuestIpType::Shared
-        || (network.account.as_deref() == Some(owner.account.as_str())
-            && network.domainid.as_deref() == Some(owner.domain_id.as_str()))
+    if network.network_type == GuestIpType::Shared {
+        return true;
+    }
+    match &owner.project {
+        Some(project) => network.projectid.as_deref() == Some(project.id.as_str()),
+        None => {
+            network.projectid.is_none()
+                && network.account.as_deref() == Some(owner.account.as_str())
+                && network.domainid.as_deref() == Some(owner.domain_id.as_str())
+        }
+    }
 }
 
 /// Checks a network the user gave (cks-reference §5, network checks).

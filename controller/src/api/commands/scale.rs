@@ -394,7 +394,7 @@ async fn check_live_scaling(
 /// CKS's validation errors; a state the transition table does not allow.
 pub async fn scale(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, ApiError> {
     let request = parse(params)?;
-    let cluster = owned_cluster(api, caller, &request.id)?;
+    let cluster = owned_cluster(api, caller, &request.id).await?;
     let ctx = &api.ctx;
     let nodes = ctx.store.nodes(&cluster.id)?;
     let version = ctx.store.version(&cluster.version_id)?.ok_or_else(|| {
@@ -405,7 +405,7 @@ pub async fn scale(api: &Api, caller: &Caller, params: &Params) -> Result<Reply,
     })?;
     let max_size = ctx
         .settings
-        .number(MAX_SIZE, Some(&cluster.owner.account_id));
+        .number(MAX_SIZE, cluster.owner.settings_account());
     let plan = check(&cluster, &nodes, &version, &request, max_size)?;
     if let Some(offering_id) = &plan.params.offering_id {
         // The new offering as the caller may see it (a domain-restricted offering of another

@@ -19,7 +19,7 @@ use crate::workflow::{Operation, Target};
 /// CKS's validation errors; a state the transition table does not allow.
 pub async fn upgrade(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, ApiError> {
     params.require_all(&["id", "kubernetesversionid"])?;
-    let cluster = owned_cluster(api, caller, params.require("id")?)?;
+    let cluster = owned_cluster(api, caller, params.require("id")?).await?;
     let ctx = &api.ctx;
     let target = ctx
         .store
