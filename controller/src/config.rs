@@ -17,6 +17,8 @@
 //! # allow_plain_http = false               # plain HTTP off loopback only when true
 //! # header_timeout_seconds = 10, body_timeout_seconds = 30, idle_timeout_seconds = 60,
 //! # body_limit_bytes = 2097152, max_connections = 512
+//! # forward_per_source_per_second = 50    # CloudStack's own commands, per client address;
+//! #                                         0: none (a proxy in front limits its clients)
 //!
 //! [jobs]
 //! retention_minutes = 10080                # finished jobs are removed after this (7 days)
@@ -183,6 +185,7 @@ struct ApiSection {
     idle_timeout_seconds: Option<u64>,
     body_limit_bytes: Option<usize>,
     max_connections: Option<usize>,
+    forward_per_source_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,6 +230,11 @@ pub struct Config {
     pub api_allow_plain_http: bool,
     /// The API listener's timeouts and caps.
     pub api_limits: Limits,
+    /// Requests per second (burst: twice that) each client address may have forwarded to
+    /// CloudStack (`api.forward_per_source_per_second`); who sent them is not known until
+    /// CloudStack checks their signature. `None` (configured as 0): no such limit, for a
+    /// proxy in front that limits its own clients (all its traffic comes from one address).
+    pub api_forward_per_source: Option<u32>,
     /// How long finished jobs are kept.
     pub job_retention: Duration,
     /// Where the agent endpoint listens.
@@ -483,6 +491,11 @@ impl Config {
             Some(n) => api_limits.max_connections = n,
             None => {}
         }
+        let api_forward_per_source = match file.api.forward_per_source_per_second {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(crate::api::limits::DEFAULT_FORWARD_PER_SOURCE),
+        };
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -512,6 +525,7 @@ impl Config {
             api_tls,
             api_allow_plain_http: file.api.allow_plain_http,
             api_limits,
+            api_forward_per_source,
             job_retention,
             agents_listen,
             agents_advertise: advertise,
@@ -619,6 +633,14 @@ mod tests {
         let config = Config::from_sources(None, Some(KEYS), &HashMap::new()).expect("loopback");
         assert_eq!(config.api_limits, Limits::default());
         assert_eq!(config.job_retention, DEFAULT_JOB_RETENTION);
+        assert_eq!(
+            config.api_forward_per_source,
+            Some(crate::api::limits::DEFAULT_FORWARD_PER_SOURCE)
+        );
+        // 0: a proxy in front limits its clients, the controller does not.
+        let proxied = format!("{KEYS}[api]\nforward_per_source_per_second = 0\n");
+        let config = Config::from_sources(None, Some(&proxied), &HashMap::new()).expect("valid");
+        assert_eq!(config.api_forward_per_source, None);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -473,7 +474,7 @@ pub async fn serve(
         connections.spawn(async move {
             let watch = Watch::new();
             tokio::select! {
-                () = connection(stream, tls, limits, router, watch.clone(), stopping) => {}
+                () = connection(stream, peer, tls, limits, router, watch.clone(), stopping) => {}
                 reason = watch.expired(limits) => debug!(%peer, reason, "connection closed"),
             }
             drop(slot);
@@ -498,8 +499,13 @@ fn is_transient(err: &io::Error) -> bool {
         .is_some_and(|code| code == 23 || code == 24) // ENFILE, EMFILE
 }
 
+/// The client address of a request (a request extension set by the listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     limits: Limits,
     router: Router,
@@ -518,16 +524,17 @@ async fn connection(
                 handshake = acceptor.accept(io) => handshake,
             };
             match handshake {
-                Ok(tls) => http(tls, limits, router, watch, stopping).await,
+                Ok(tls) => http(tls, peer, limits, router, watch, stopping).await,
                 Err(err) => debug!(error = %err, "TLS handshake failed"),
             }
         }
-        None => http(io, limits, router, watch, stopping).await,
+        None => http(io, peer, limits, router, watch, stopping).await,
     }
 }
 
 async fn http<IO>(
     io: IO,
+    peer: SocketAddr,
     limits: Limits,
     router: Router,
     watch: Arc<Watch>,
@@ -542,7 +549,8 @@ async fn http<IO>(
             let router = router.clone();
             async move {
                 let _guard = guard;
-                let request = request.map(Body::new);
+                let mut request = request.map(Body::new);
+                request.extensions_mut().insert(Peer(peer));
                 let response = match bounded_body(limits, request).await {
                     Ok(request) => match router.oneshot(request).await {
                         Ok(response) => response,

@@ -227,6 +227,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         signatures: config.signatures,
         replays: Arc::new(crate::api::replay::ReplayCache::default()),
         limits: Arc::new(crate::api::limits::CallerLimits::default()),
+        sources: config.api_forward_per_source.map(|rate| {
+            Arc::new(crate::api::limits::CallerLimits::new(
+                rate,
+                rate.saturating_mul(2),
+                crate::api::limits::MAX_KEYS,
+            ))
+        }),
         forwarder,
         forwarding: Arc::new(tokio::sync::Semaphore::new(
             crate::api::MAX_FORWARDED_IN_FLIGHT,

@@ -468,3 +468,33 @@ async fn one_key_over_its_budget_is_throttled_without_slowing_another() {
     assert_eq!(response.status().as_u16(), 401);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn forwarded_requests_from_one_address_are_limited_before_cloudstack_sees_them() {
+    let env = Env::start_tweaked(cloudsim::SimConfig::for_tests(), |config| {
+        config.api_forward_per_source = Some(2);
+    })
+    .await;
+    env.sim.reset_call_counts();
+    // CloudStack's own command: only CloudStack can tell who signed it, so the address
+    // pays (burst 4), not the key it claims.
+    let query = signed(&env, "listZones", &[]);
+    let flood = (0..20).map(|_| get(&env, &query));
+    let statuses: Vec<u16> = futures_util::future::join_all(flood)
+        .await
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert!(throttled >= 15, "{statuses:?}");
+    let forwarded = env.sim.call_counts().get("listZones").copied().unwrap_or(0);
+    assert_eq!(
+        forwarded,
+        20 - throttled as u64,
+        "CloudStack saw exactly what was let through: {statuses:?}"
+    );
+    assert!(forwarded >= 1, "{statuses:?}");
+    // The controller's own commands keep their per-key budget.
+    env.user.call("listKubernetesClusters", &[]).await.unwrap();
+    env.stop().await;
+}

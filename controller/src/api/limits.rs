@@ -1,8 +1,10 @@
 //! Per-caller request limits, so that one API key cannot take the controller's attention from
 //! everyone else's, and floods cost nothing before they are counted.
 //!
-//! Each API key (as claimed by the request, before any look-up) has a generic cell rate
-//! budget: `per_second` sustained, `burst` at once. A request over it is refused with
+//! Each API key (as claimed by the request, before any look-up) of a command the controller
+//! answers, and each client address of a command forwarded to CloudStack (whose caller only
+//! CloudStack can verify, so a claimed key cannot spend someone else's budget), has a generic
+//! cell rate budget: `per_second` sustained, `burst` at once. A request over it is refused with
 //! CloudStack's 429 text without touching the store or CloudStack. The table is bounded: keys
 //! whose budget is full again are forgotten first, and a table full of live keys refuses new
 //! ones rather than growing.
@@ -17,6 +19,9 @@ use tokio::time::Instant;
 pub const DEFAULT_PER_SECOND: u32 = 20;
 /// Default burst per API key.
 pub const DEFAULT_BURST: u32 = 40;
+/// Default sustained rate of CloudStack commands forwarded per client address (the UI issues
+/// bursts of a dozen lists per page).
+pub const DEFAULT_FORWARD_PER_SOURCE: u32 = 50;
 /// Most keys tracked at once.
 pub const MAX_KEYS: usize = 10_000;
 

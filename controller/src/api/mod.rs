@@ -31,6 +31,7 @@ pub mod results;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -48,6 +49,7 @@ use crate::cloudstack::identity::IdentityError;
 use crate::cloudstack::{Caller, IdentityResolver, sign};
 use crate::config::SignaturePolicy;
 use crate::context::Context;
+use crate::listen::Peer;
 use crate::workflow::Engine;
 
 /// What a command answers.
@@ -92,6 +94,9 @@ pub struct Api {
     pub replays: Arc<ReplayCache>,
     /// Per API key budgets for the requests the controller answers.
     pub limits: Arc<limits::CallerLimits>,
+    /// Per client address budgets for the requests forwarded to CloudStack (none when a
+    /// proxy in front limits its clients).
+    pub sources: Option<Arc<limits::CallerLimits>>,
     /// Forwards CloudStack's commands: the admin client without its rate limit (each
     /// forwarded request is the caller's own, signed by them, and CloudStack throttles it per
     /// account), so forwarded traffic never waits in the queue of the workflows' calls.
@@ -169,6 +174,7 @@ fn error_response(command: &str, err: &ApiError) -> Response {
 
 async fn client_api(
     State(api): State<Api>,
+    peer: Option<Extension<Peer>>,
     method: Method,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -187,6 +193,23 @@ async fn client_api(
     let route = commands::route(&api, &params).await;
     debug!(%command, ?route, "request");
     if route == commands::Route::CloudStack {
+        if let (Some(Extension(Peer(addr))), Some(sources)) = (peer, &api.sources)
+            && let Err(throttled) =
+                sources.admit(&addr.ip().to_string(), tokio::time::Instant::now())
+        {
+            debug!(%command, source = %addr.ip(), "forwarded request over its address's budget");
+            return error_response(
+                &command,
+                &ApiError::new(
+                    429,
+                    Some(9999),
+                    format!(
+                        "Too many requests from this address, please retry after {} ms.",
+                        throttled.retry_after.as_millis().max(1)
+                    ),
+                ),
+            );
+        }
         if let Some(refusal) = clusters_guard(&api, &params).await {
             return error_response(&command, &refusal);
         }
