@@ -107,8 +107,21 @@ async fn domain_admins_manage_their_domain_tree_and_nothing_else() {
     let dev_web = account(&env, "dev", "0", &web).await;
     let dev_ops = account(&env, "dev", "0", &ops).await;
     let eng_admin = account(&env, "engadmin", "2", &eng).await;
-    let (in_tree, _) = create(&env, &dev_web, version, "web-app").await;
-    let (outside, _) = create(&env, &dev_ops, version, "ops-app").await;
+    let (in_tree, in_tree_job) = create(&env, &dev_web, version, "web-app").await;
+    let (outside, outside_job) = create(&env, &dev_ops, version, "ops-app").await;
+
+    // Jobs: the tree's are the domain admin's to follow, the other domain's are unknown.
+    eng_admin
+        .call("queryAsyncJobResult", &[("jobid", &in_tree_job)])
+        .await
+        .unwrap();
+    let err = api_error(
+        eng_admin
+            .call("queryAsyncJobResult", &[("jobid", &outside_job)])
+            .await,
+        431,
+    );
+    assert_eq!(err, format!("Unable to find a job by id {outside_job}"));
 
     // Lists: own clusters by default; the tree with listall; a domain, its tree with
     // isrecursive; an account of a named domain.

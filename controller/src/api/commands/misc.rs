@@ -19,7 +19,7 @@ pub fn is_our_setting(name: &str) -> bool {
 /// `queryAsyncJobResult jobid` for one of our jobs (the submitter's account, or admins).
 ///
 /// # Errors
-/// Unknown, or another account's (answered alike, 431).
+/// Unknown, or another account's outside the caller's domain tree (answered alike, 431).
 pub fn query_job(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, ApiError> {
     let job_id = params.require("jobid")?;
     // Another account's job is answered as CloudStack answers a job id it does not know, so
@@ -28,7 +28,7 @@ pub fn query_job(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, A
         .ctx
         .jobs
         .get(job_id)?
-        .filter(|job| caller.is_admin() || job.account_id == caller.account_id)
+        .filter(|job| job.account_id == caller.account_id || caller.manages_domain(&job.domain_id))
         .ok_or_else(|| ApiError::param(format!("Unable to find a job by id {job_id}")))?;
     Ok(Reply::Sync(crate::jobs::render(&job)))
 }
@@ -55,7 +55,9 @@ pub fn merge_jobs(
         .store
         .jobs()?
         .into_iter()
-        .filter(|j| j.account_id == caller.account_id || (caller.is_admin() && listall))
+        .filter(|j| {
+            j.account_id == caller.account_id || (listall && caller.manages_domain(&j.domain_id))
+        })
         .map(|j| crate::jobs::render(&j));
     items.extend(ours);
     Ok(list_reply("asyncjobs", items, paging))
