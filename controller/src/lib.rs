@@ -21,6 +21,7 @@ pub mod kubeconfig;
 pub mod listen;
 pub mod pki;
 pub mod render;
+pub mod reseal;
 pub mod seal;
 pub mod server;
 pub mod settings;

@@ -34,6 +34,15 @@ enum Command {
         #[arg(long, env = "CKS_CONTROLLER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Rotate the key that seals kubeconfigs and registry passwords at rest: every secret is
+    /// re-sealed with a fresh key in one transaction, then the new key replaces the old one.
+    /// Run it with the controller stopped (it refuses otherwise); safe to run again if
+    /// interrupted.
+    Reseal {
+        /// TOML configuration file (its data_dir is used)
+        #[arg(long, env = "CKS_CONTROLLER_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Supported Kubernetes versions
     Version {
         #[command(flatten)]
@@ -79,6 +88,31 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(serve(config))
+        }
+        Command::Reseal { config } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("cks-controller: {err}");
+                    return ExitCode::from(64);
+                }
+            };
+            match cks_controller::reseal::reseal(&config.data_dir) {
+                Ok(count) => {
+                    println!(
+                        "re-sealed {count} secrets with a new key in {}",
+                        config
+                            .data_dir
+                            .join(cks_controller::reseal::KEY_FILE)
+                            .display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("cks-controller: {}", cks_controller::error_chain(&err));
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Version { client, command } => {
             report(runtime.block_on(cli::version(&client, command)))

@@ -33,6 +33,9 @@ pub enum StartError {
     /// The data directory is unusable.
     #[error("cannot use the data directory {0}")]
     DataDir(String, #[source] std::io::Error),
+    /// Another controller holds the data directory, or it cannot be locked.
+    #[error(transparent)]
+    Locked(#[from] crate::reseal::ResealError),
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -70,6 +73,9 @@ pub struct Running {
     engine: Engine,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Held until the controller is dropped: no second controller (or key rotation) on the
+    /// same data directory meanwhile.
+    _lock: crate::reseal::DataDirLock,
 }
 
 impl Running {
@@ -101,6 +107,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let data = &config.data_dir;
     crate::pki::create_private_dir(data)
         .map_err(|e| StartError::DataDir(data.display().to_string(), e))?;
+    let lock = crate::reseal::DataDirLock::acquire(data)?;
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data.join("state.db"))?);
     let sealer = Arc::new(Sealer::load_or_create(&data.join("secrets.key"))?);
     let ca = Arc::new(AgentCa::load_or_create(&data.join("pki"))?);
@@ -266,5 +273,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         engine,
         shutdown,
         tasks,
+        _lock: lock,
     })
 }

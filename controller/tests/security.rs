@@ -498,3 +498,48 @@ async fn forwarded_requests_from_one_address_are_limited_before_cloudstack_sees_
     env.user.call("listKubernetesClusters", &[]).await.unwrap();
     env.stop().await;
 }
+
+#[tokio::test]
+async fn one_controller_per_data_directory_and_the_sealing_key_rotates_offline() {
+    let mut env = Env::start().await;
+    let data = env.dir.path().join("controller");
+    let config = common::controller_config(&env.sim, data.clone());
+    let running = env.controller.take().unwrap();
+    running
+        .ctx
+        .store
+        .put_secret(
+            "c1",
+            "kubeconfig",
+            &running.ctx.sealer.seal("c1", "kubeconfig", b"kc"),
+        )
+        .unwrap();
+    // A second controller, or a rotation, beside the running one is refused.
+    let Err(err) = cks_controller::server::start(&config).await else {
+        panic!("a second controller started on the same data directory");
+    };
+    assert!(err.to_string().contains("another cks-controller"), "{err}");
+    assert!(cks_controller::reseal::reseal(&data).is_err());
+    running.stop().await;
+    let old_key = std::fs::read(data.join("secrets.key")).unwrap();
+    assert_eq!(cks_controller::reseal::reseal(&data).unwrap(), 1);
+    assert_ne!(std::fs::read(data.join("secrets.key")).unwrap(), old_key);
+    // The restarted controller opens what was sealed before the rotation.
+    let restarted = cks_controller::server::start(&config).await.unwrap();
+    let sealed = restarted
+        .ctx
+        .store
+        .secret("c1", "kubeconfig")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        restarted
+            .ctx
+            .sealer
+            .open("c1", "kubeconfig", &sealed)
+            .unwrap(),
+        b"kc"
+    );
+    env.controller = Some(restarted);
+    env.stop().await;
+}

@@ -194,6 +194,40 @@ impl SqliteStore {
         })
     }
 
+    /// Replaces every sealed secret by `reseal(cluster_id, name, sealed)` in one transaction
+    /// (the sealing key's rotation): either all are re-sealed or none is. Returns how many.
+    ///
+    /// # Errors
+    /// The first error of `reseal` (nothing is changed), or a store failure.
+    pub fn reseal_secrets<E: From<StoreError>>(
+        &self,
+        mut reseal: impl FnMut(&str, &str, &[u8]) -> Result<Vec<u8>, E>,
+    ) -> Result<usize, E> {
+        self.write(|conn| {
+            let tx = conn.transaction().map_err(query("begin re-seal"))?;
+            let rows: Vec<(String, String, Vec<u8>)> = {
+                let mut statement = tx
+                    .prepare("SELECT cluster_id, name, sealed FROM secrets")
+                    .map_err(query("read secrets"))?;
+                let rows = statement
+                    .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                    .map_err(query("read secrets"))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(query("read secrets"))?
+            };
+            for (cluster_id, name, sealed) in &rows {
+                let fresh = reseal(cluster_id, name, sealed)?;
+                tx.execute(
+                    "UPDATE secrets SET sealed = ?3 WHERE cluster_id = ?1 AND name = ?2",
+                    params![cluster_id, name, fresh],
+                )
+                .map_err(query("write secret"))?;
+            }
+            tx.commit().map_err(query("commit re-seal"))?;
+            Ok(rows.len())
+        })
+    }
+
     /// Runs `f` on the writer.
     fn write<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
         blocking(|| {
