@@ -157,12 +157,25 @@ impl Sim {
 
     /// Runs `command` in a process group of its own, remembered for the clean-up.
     pub fn output(&self, mut command: Command) -> Output {
-        command.process_group(0).stdin(Stdio::null());
-        let child = command
+        command
+            .process_group(0)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        // A program this test just wrote can be "busy" for a moment: another test thread that
+        // forked meanwhile holds the writing descriptor until its child execs (ETXTBSY).
+        let mut attempts = 0;
+        let child = loop {
+            match command.spawn() {
+                Err(err)
+                    if err.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                spawned => break spawned.unwrap(),
+            }
+        };
         self.groups
             .lock()
             .unwrap()
