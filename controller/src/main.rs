@@ -79,23 +79,14 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { config } => {
-            let config = match Config::load(config.as_deref()) {
-                Ok(config) => config,
-                Err(err) => {
-                    eprintln!("cks-controller: {err}");
-                    return ExitCode::from(64);
-                }
-            };
-            runtime.block_on(serve(config))
-        }
+        Command::Serve { config } => match load(config) {
+            Ok(config) => runtime.block_on(serve(config)),
+            Err(code) => code,
+        },
         Command::Reseal { config } => {
-            let config = match Config::load(config.as_deref()) {
+            let config = match load(config) {
                 Ok(config) => config,
-                Err(err) => {
-                    eprintln!("cks-controller: {err}");
-                    return ExitCode::from(64);
-                }
+                Err(code) => return code,
             };
             match cks_controller::reseal::reseal(&config.data_dir) {
                 Ok(count) => {
@@ -121,6 +112,14 @@ fn main() -> ExitCode {
             report(runtime.block_on(cli::cluster(&client, command)))
         }
     }
+}
+
+/// The configuration, or the exit code of a bad one (64, with the reason on stderr).
+fn load(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(path.as_deref()).map_err(|err| {
+        eprintln!("cks-controller: {err}");
+        ExitCode::from(64)
+    })
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

@@ -305,17 +305,7 @@ async fn account_with_role(
         .as_str()
         .unwrap()
         .to_owned();
-    let keys = env
-        .admin
-        .call("registerUserKeys", &[("id", &user_id)])
-        .await
-        .unwrap();
-    let keys = cloudsim::Keys {
-        user_id,
-        api_key: keys["userkeys"]["apikey"].as_str().unwrap().to_owned(),
-        secret_key: keys["userkeys"]["secretkey"].as_str().unwrap().to_owned(),
-    };
-    common::client(&env.endpoint(), &keys)
+    env.client_for_user(&user_id).await
 }
 
 #[tokio::test]

@@ -46,17 +46,7 @@ async fn account(env: &Env, name: &str, account_type: &str, domain: &str) -> Clo
         .as_str()
         .unwrap()
         .to_owned();
-    let keys = env
-        .admin
-        .call("registerUserKeys", &[("id", &user_id)])
-        .await
-        .unwrap();
-    let keys = cloudsim::Keys {
-        user_id,
-        api_key: keys["userkeys"]["apikey"].as_str().unwrap().to_owned(),
-        secret_key: keys["userkeys"]["secretkey"].as_str().unwrap().to_owned(),
-    };
-    common::client(&env.endpoint(), &keys)
+    env.client_for_user(&user_id).await
 }
 
 /// The names of the clusters `client` lists with `args`, sorted.

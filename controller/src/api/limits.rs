@@ -32,6 +32,22 @@ pub struct Throttled {
     pub retry_after: Duration,
 }
 
+// === impl Throttled ===
+
+impl Throttled {
+    /// The 429 answer: `why`, then CloudStack's "please retry after N ms." wording.
+    pub fn refusal(self, why: &str) -> super::error::ApiError {
+        super::error::ApiError::new(
+            429,
+            Some(9999),
+            format!(
+                "{why}, please retry after {} ms.",
+                self.retry_after.as_millis().max(1)
+            ),
+        )
+    }
+}
+
 /// Budgets per API key.
 #[derive(Debug)]
 pub struct CallerLimits {

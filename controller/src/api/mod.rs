@@ -200,14 +200,7 @@ async fn client_api(
             debug!(%command, source = %addr.ip(), "forwarded request over its address's budget");
             return error_response(
                 &command,
-                &ApiError::new(
-                    429,
-                    Some(9999),
-                    format!(
-                        "Too many requests from this address, please retry after {} ms.",
-                        throttled.retry_after.as_millis().max(1)
-                    ),
-                ),
+                &throttled.refusal("Too many requests from this address"),
             );
         }
         if let Some(refusal) = clusters_guard(&api, &params).await {
@@ -227,14 +220,7 @@ async fn client_api(
         debug!(%command, "request over its key's budget");
         return error_response(
             &command,
-            &ApiError::new(
-                429,
-                Some(9999),
-                format!(
-                    "The given user has reached his/her account api limit, please retry after {} ms.",
-                    throttled.retry_after.as_millis().max(1)
-                ),
-            ),
+            &throttled.refusal("The given user has reached his/her account api limit"),
         );
     }
     let caller = match authenticate(&api, &params).await {

@@ -147,6 +147,22 @@ impl Env {
             .await
     }
 
+    /// A signed client for user `user_id` (from `createAccount`), whose keys the admin
+    /// registers now.
+    pub async fn client_for_user(&self, user_id: &str) -> CloudStackClient {
+        let keys = self
+            .admin
+            .call("registerUserKeys", &[("id", user_id)])
+            .await
+            .unwrap();
+        let keys = cloudsim::Keys {
+            user_id: user_id.to_owned(),
+            api_key: keys["userkeys"]["apikey"].as_str().unwrap().to_owned(),
+            secret_key: keys["userkeys"]["secretkey"].as_str().unwrap().to_owned(),
+        };
+        client(&self.endpoint(), &keys)
+    }
+
     pub async fn stop(mut self) {
         if let Some(controller) = self.controller.take() {
             controller.stop().await;

@@ -211,11 +211,7 @@ pub(super) fn create_account(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
 pub(super) fn create_user(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiError> {
     let name = ctx.params.require(ctx.command, "account")?;
     let domain = ctx.domain_param()?;
-    let account_id = ctx
-        .db
-        .accounts
-        .iter()
-        .find(|a| a.name == name && account_domain(ctx.db, &a.id) == domain)
+    let account_id = super::tenancy::account_named(ctx.db, name, &domain)
         .map(|a| a.id.clone())
         .ok_or_else(|| {
             ApiError::param(format!(

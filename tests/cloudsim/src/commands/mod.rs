@@ -433,21 +433,12 @@ impl Ctx<'_> {
             return Ok(self.caller.account_id.clone());
         };
         let domain = self.domain_param()?;
-        let target = self
-            .db
-            .accounts
-            .iter()
-            .find(|a| {
-                a.name == name
-                    && a.project_id.is_none()
-                    && tenancy::account_domain(self.db, &a.id) == domain
-            })
-            .ok_or_else(|| {
-                ApiError::param(format!(
-                    "Unable to find account {name} in domain {}",
-                    tenancy::domain_name(self.db, &domain)
-                ))
-            })?;
+        let target = tenancy::account_named(self.db, name, &domain).ok_or_else(|| {
+            ApiError::param(format!(
+                "Unable to find account {name} in domain {}",
+                tenancy::domain_name(self.db, &domain)
+            ))
+        })?;
         self.check_access(&target.id, &target.id)?;
         Ok(target.id.clone())
     }

@@ -69,6 +69,14 @@ pub(crate) fn in_tree(db: &Db, ancestor: &str, id: &str) -> bool {
     false
 }
 
+/// The (non-project) account named `name` in domain `domain`: account names are unique per
+/// domain, not across domains.
+pub(crate) fn account_named<'d>(db: &'d Db, name: &str, domain: &str) -> Option<&'d Account> {
+    db.accounts
+        .iter()
+        .find(|a| a.name == name && a.project_id.is_none() && account_domain(db, &a.id) == domain)
+}
+
 /// The project whose own account is `account_id`.
 pub(crate) fn project_of<'d>(db: &'d Db, account_id: &str) -> Option<&'d Project> {
     let project_id = db
@@ -332,15 +340,7 @@ pub(super) fn add_account_to_project(ctx: &mut Ctx<'_>) -> Result<Outcome, ApiEr
             ctx.caller.account_name, project.name
         )));
     }
-    let account = ctx
-        .db
-        .accounts
-        .iter()
-        .find(|a| {
-            a.name == name
-                && a.project_id.is_none()
-                && account_domain(ctx.db, &a.id) == project.domain_id
-        })
+    let account = account_named(ctx.db, &name, &project.domain_id)
         .map(|a| a.id.clone())
         .ok_or_else(|| {
             ApiError::param(format!(
