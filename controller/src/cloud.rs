@@ -4,8 +4,9 @@
 //!
 //! The controller calls CloudStack with its service (admin) keys and creates every resource in
 //! the cluster owner's account (`account` + `domainid`), as CKS does. Each resource it makes is
-//! tagged `cks.cluster=<cluster id>` (VMs, networks, public IPs) or carries the cluster id in its
-//! name or description, so a resumed step or a delete finds it.
+//! tagged `cks.cluster=<cluster id>` (VMs, networks, firewall, load balancer and port
+//! forwarding rules) or carries the cluster id in its name or description, so a resumed step or
+//! a delete finds it, and tells it from what the owner made beside it.
 
 use std::time::Duration;
 
@@ -316,7 +317,8 @@ impl Cloud {
             .await
     }
 
-    /// Opens TCP `start..=end` on a public IP from anywhere.
+    /// Opens TCP `start..=end` on a public IP from anywhere; the rule made (its id is what a
+    /// tag needs).
     ///
     /// # Errors
     /// CloudStack refused it.
@@ -325,20 +327,21 @@ impl Cloud {
         ip_id: &str,
         start: u16,
         end: u16,
-    ) -> Result<(), CloudStackError> {
+    ) -> Result<FirewallRule, CloudStackError> {
         let (start, end) = (start.to_string(), end.to_string());
-        self.job(
-            "createFirewallRule",
-            &[
-                ("ipaddressid", ip_id),
-                ("protocol", "tcp"),
-                ("startport", &start),
-                ("endport", &end),
-                ("cidrlist", "0.0.0.0/0"),
-            ],
-        )
-        .await
-        .map(drop)
+        let value = self
+            .job(
+                "createFirewallRule",
+                &[
+                    ("ipaddressid", ip_id),
+                    ("protocol", "tcp"),
+                    ("startport", &start),
+                    ("endport", &end),
+                    ("cidrlist", "0.0.0.0/0"),
+                ],
+            )
+            .await?;
+        decode_field("createFirewallRule", &value, "firewallrule")
     }
 
     /// Deletes a firewall rule.
@@ -431,7 +434,7 @@ impl Cloud {
             .await
     }
 
-    /// Forwards `public_port` of a public IP to `private_port` of a VM.
+    /// Forwards `public_port` of a public IP to `private_port` of a VM; the rule made.
     ///
     /// # Errors
     /// CloudStack refused it.
@@ -442,22 +445,23 @@ impl Cloud {
         vm_id: &str,
         public_port: u16,
         private_port: u16,
-    ) -> Result<(), CloudStackError> {
+    ) -> Result<PortForwardingRule, CloudStackError> {
         let (public, private) = (public_port.to_string(), private_port.to_string());
-        self.job(
-            "createPortForwardingRule",
-            &[
-                ("ipaddressid", ip_id),
-                ("networkid", network_id),
-                ("virtualmachineid", vm_id),
-                ("publicport", &public),
-                ("privateport", &private),
-                ("protocol", "tcp"),
-                ("openfirewall", "false"),
-            ],
-        )
-        .await
-        .map(drop)
+        let value = self
+            .job(
+                "createPortForwardingRule",
+                &[
+                    ("ipaddressid", ip_id),
+                    ("networkid", network_id),
+                    ("virtualmachineid", vm_id),
+                    ("publicport", &public),
+                    ("privateport", &private),
+                    ("protocol", "tcp"),
+                    ("openfirewall", "false"),
+                ],
+            )
+            .await?;
+        decode_field("createPortForwardingRule", &value, "portforwardingrule")
     }
 
     /// Deletes a port forwarding rule.

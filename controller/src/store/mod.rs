@@ -757,6 +757,12 @@ pub struct WorkflowRecord {
     /// workflow ends failed with this reason.
     #[serde(default)]
     pub failure: Option<String>,
+    /// True when a controller that tags every network rule it makes began this workflow; false
+    /// in records written before (issue 11). A cluster whose create workflow says false was
+    /// made with untagged rules, which only their ports tell apart (see
+    /// [`crate::workflow::rules`]).
+    #[serde(default)]
+    pub rules_tagged: bool,
 }
 
 impl WorkflowRecord {
@@ -1033,6 +1039,12 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// The read failed.
     fn latest_workflow(&self, cluster_id: &str) -> Result<Option<WorkflowRecord>, StoreError>;
+    /// Every workflow of a cluster, oldest first (its history: how it was made, and which
+    /// steps were cut off).
+    ///
+    /// # Errors
+    /// The read failed.
+    fn workflows(&self, cluster_id: &str) -> Result<Vec<WorkflowRecord>, StoreError>;
 
     // --- settings ---
     /// A stored setting value (global when `account_id` is `None`).

@@ -645,6 +645,14 @@ impl Store for SqliteStore {
         )
     }
 
+    fn workflows(&self, cluster_id: &str) -> Result<Vec<WorkflowRecord>, StoreError> {
+        self.documents(
+            "workflow",
+            "SELECT id, data FROM workflows WHERE cluster_id = ?1 ORDER BY created, rowid",
+            [cluster_id],
+        )
+    }
+
     fn setting(&self, key: &str, account_id: Option<&str>) -> Result<Option<String>, StoreError> {
         self.read(|conn| {
             conn.query_row(
@@ -819,6 +827,7 @@ mod tests {
             created: 1,
             params: crate::store::WorkflowParams::None,
             failure: None,
+            rules_tagged: true,
         };
         store.insert_workflow(&workflow).expect("insert");
         workflow.start_step(Step::DeployNodes);
@@ -846,6 +855,8 @@ mod tests {
         let running = store.running_workflows().expect("list");
         assert_eq!(running.len(), 1);
         assert!(running[0].is_done(Step::DeployNodes));
+        assert_eq!(store.workflows("c1").expect("history"), running);
+        assert!(store.workflows("c2").expect("history").is_empty());
         assert_eq!(store.nodes("c1").expect("nodes"), vec![node]);
         assert_eq!(
             store

@@ -3,6 +3,8 @@
 //! the agent's enrollment facts, then kubeadm through the agents, the CNI and dashboard, every
 //! node Ready, and the kubeconfig stored sealed.
 
+use std::collections::BTreeSet;
+
 use cks_proto::agent::command::Kind;
 use cks_proto::agent::command_result::Payload;
 use cks_proto::agent::{ApplyManifests, FetchKubeconfig, InitControlPlane};
@@ -12,12 +14,9 @@ use super::kube::{
     JOIN_MATERIAL_TTL, KUBECONFIG_SECRET, api_endpoint, configure_registry, first_control,
     join_nodes, send,
 };
+use super::rules::{API_PORT, Ownership, api_load_balancer, node_rules, open_firewall, ssh_ports};
 use super::step::{StepCtx, StepError};
-use super::vms::{
-    API_PORT, deploy_nodes, is_isolated, network_id, network_marker, node_rules, plan_node,
-    ssh_ports,
-};
-use crate::cloud::Cloud;
+use super::vms::{deploy_nodes, is_isolated, network_id, network_marker, plan_node};
 use crate::store::{NodeRole, Step};
 
 /// Bundle manifests applied on the first control node: the CNI, then the dashboard.
@@ -121,29 +120,20 @@ async fn public_ip(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     Ok(format!("public IP {}", ip.ipaddress))
 }
 
+/// Opens the API port, and the SSH range when the cluster has a key pair, with rules of the
+/// cluster's own: a rule of the owner's over the same ports does not count (see
+/// [`super::rules`]).
 async fn firewall(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     let Some(ip_id) = sc.cluster.public_ip_id.clone() else {
         return Ok("no public IP: nothing to open".into());
     };
-    let cloud = &sc.ctx.cloud;
-    let existing = cloud.firewall_rules(&ip_id).await?;
-    let covered = |start: u16, end: u16| {
-        existing
-            .iter()
-            .any(|r| r.startport == Some(start) && r.endport == Some(end))
-    };
-    let mut opened = Vec::new();
-    if !covered(API_PORT, API_PORT) {
-        cloud
-            .create_firewall_rule(&ip_id, API_PORT, API_PORT)
-            .await?;
-    }
-    opened.push(API_PORT.to_string());
+    let owned = Ownership::of(sc, BTreeSet::new())?;
+    let existing = sc.ctx.cloud.firewall_rules(&ip_id).await?;
+    open_firewall(sc, &owned, &existing, &ip_id, (API_PORT, API_PORT)).await?;
+    let mut opened = vec![API_PORT.to_string()];
     let nodes = usize::try_from(sc.cluster.control_nodes + sc.cluster.size).unwrap_or(1);
     if let Some((start, end)) = ssh_ports(&sc.cluster, nodes) {
-        if !covered(start, end) {
-            cloud.create_firewall_rule(&ip_id, start, end).await?;
-        }
+        open_firewall(sc, &owned, &existing, &ip_id, (start, end)).await?;
         opened.push(format!("{start}-{end}"));
     }
     Ok(format!("TCP {} open", opened.join(", ")))
@@ -191,32 +181,14 @@ async fn load_balancer(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
         return Ok("no public IP: no load balancer rule".into());
     };
     let network_id = network_id(&sc.cluster)?;
-    let cloud: &Cloud = &sc.ctx.cloud;
-    let rules = cloud.lb_rules(&ip_id).await?;
-    let rule = match rules
-        .into_iter()
-        .find(|r| r.publicport == Some(API_PORT) && r.name.as_deref() == Some("api-lb"))
-    {
-        Some(rule) => rule,
-        None => {
-            cloud
-                .create_lb_rule(
-                    &ip_id,
-                    &network_id,
-                    "api-lb",
-                    "LB rule for API access",
-                    API_PORT,
-                )
-                .await?
-        }
-    };
+    let rule = api_load_balancer(sc, &ip_id, &network_id).await?;
     let control: Vec<&str> = sc
         .nodes
         .iter()
         .filter(|n| n.role == NodeRole::Control)
         .filter_map(|n| n.vm_id.as_deref())
         .collect();
-    if let Err(err) = cloud.assign_to_lb(&rule.id, &control).await {
+    if let Err(err) = sc.ctx.cloud.assign_to_lb(&rule.id, &control).await {
         // Already assigned on an earlier run: CloudStack refuses the duplicate.
         if err.errorcode() != Some(431) && err.errorcode() != Some(537) {
             return Err(err.into());

@@ -3,15 +3,18 @@
 //! and removed, so a half-created cluster, or one whose scale or upgrade was cancelled by this
 //! delete, is cleaned up as fully as a running one.
 //!
-//! The rules go first, while the nodes' VM ids are still known: a port forward is removed when
-//! it targets one of the cluster's VMs, so a rule of the network's owner is never touched.
+//! The rules go first, while the nodes' VM ids are still known. Only the cluster's own rules
+//! go: those tagged with its id, the untagged ones an interrupted rule step may have left, and,
+//! for a cluster made before rules were tagged, those the old port match finds (see
+//! [`super::rules`]). A rule of the IP's owner on the same ports stays.
 
 use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
+use super::rules::Ownership;
 use super::step::{StepCtx, StepError};
-use super::vms::{API_PORT, SSH_PORT_BASE, destroy_vm, is_ssh_forward, network_marker};
+use super::vms::{cluster_vms, destroy_vm, network_marker};
 use crate::store::Step;
 
 /// Runs one step of the delete workflow.
@@ -28,26 +31,6 @@ pub async fn run(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     }
 }
 
-/// Every VM of the cluster: recorded on its nodes, tagged with the cluster, or named as one of
-/// its planned nodes (deployed by a run that crashed before recording or tagging it).
-async fn cluster_vms(sc: &StepCtx<'_>) -> Result<BTreeSet<String>, StepError> {
-    let cloud = &sc.ctx.cloud;
-    let mut ids: BTreeSet<String> = cloud
-        .tagged("UserVm", &sc.cluster.id)
-        .await?
-        .into_iter()
-        .collect();
-    for node in &sc.nodes {
-        if let Some(id) = &node.vm_id {
-            ids.insert(id.clone());
-        }
-        for vm in cloud.vms_named(&sc.cluster.owner, &node.name).await? {
-            ids.insert(vm.id);
-        }
-    }
-    Ok(ids)
-}
-
 async fn delete_rules(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     let Some(ip_id) = sc.cluster.public_ip_id.clone() else {
         return Ok("no public IP: no rules".into());
@@ -61,28 +44,22 @@ async fn delete_rules(sc: &mut StepCtx<'_>) -> Result<String, StepError> {
     {
         return Ok("the network is gone, and its rules with it".into());
     }
-    let vms = cluster_vms(sc).await?;
+    let owned = Ownership::of(sc, cluster_vms(sc).await?)?;
     let mut removed = 0;
     for rule in cloud.lb_rules(&ip_id).await? {
-        if rule.name.as_deref() == Some("api-lb") && rule.publicport == Some(API_PORT) {
+        if owned.load_balancer(&rule) {
             cloud.delete_lb_rule(&rule.id).await?;
             removed += 1;
         }
     }
     for rule in cloud.pf_rules(&ip_id).await? {
-        let ours = rule
-            .virtualmachineid
-            .as_ref()
-            .is_some_and(|vm| vms.contains(vm));
-        if ours && is_ssh_forward(&rule) {
+        if owned.forward(&rule) {
             cloud.delete_pf_rule(&rule.id).await?;
             removed += 1;
         }
     }
     for rule in cloud.firewall_rules(&ip_id).await? {
-        let api = rule.startport == Some(API_PORT) && rule.endport == Some(API_PORT);
-        let ssh = rule.startport == Some(SSH_PORT_BASE) && sc.cluster.keypair.is_some();
-        if api || ssh {
+        if owned.firewall(&rule) {
             cloud.delete_firewall_rule(&rule.id).await?;
             removed += 1;
         }

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use super::state::{self, Admission, Event};
-use super::step::{MAX_RETRY_DELAY, STORE_DELAY, StepCtx, StepError};
+use super::step::{MAX_RETRY_DELAY, STORE_DELAY, StepCtx, StepError, operation_label};
 use crate::cloudstack::Caller;
 use crate::context::Context;
 use crate::crashpoint;
@@ -199,20 +199,9 @@ async fn run_step(kind: WorkflowKind, sc: &mut StepCtx<'_>) -> Result<String, St
     }
 }
 
-/// The operation's name in crash points and logs: the kind, and for a scale what it does (a
-/// scale up and a scale down run different steps for real).
-fn label(workflow: &WorkflowRecord) -> &'static str {
-    match &workflow.params {
-        WorkflowParams::Scale(p) if !p.remove.is_empty() => "scale-down",
-        WorkflowParams::Scale(p) if p.size.is_some() => "scale-up",
-        WorkflowParams::Scale(_) => "scale-offering",
-        WorkflowParams::None | WorkflowParams::Upgrade(_) => workflow.kind.as_str(),
-    }
-}
-
 /// A crash point of the operation `workflow` at `point` (see [`crashpoint`]).
 fn crash(workflow: &WorkflowRecord, point: &str) {
-    crashpoint::hit(&format!("{}:{point}", label(workflow)));
+    crashpoint::hit(&format!("{}:{point}", operation_label(workflow)));
 }
 
 // === impl Engine ===
@@ -306,6 +295,7 @@ impl Engine {
             created,
             params: operation.params,
             failure: None,
+            rules_tagged: true,
         };
         // A delete stops whatever runs on the cluster; its job ends failed, saying why.
         let replaced = match kind {

@@ -295,6 +295,7 @@ fn running(
         created: now(),
         params,
         failure: None,
+        rules_tagged: true,
     };
     store.insert_workflow(&workflow).unwrap();
     workflow

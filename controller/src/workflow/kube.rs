@@ -12,8 +12,8 @@ use cks_proto::agent::{
 };
 use tracing::info;
 
+use super::rules::API_PORT;
 use super::step::{StepCtx, StepError};
-use super::vms::API_PORT;
 use crate::agents::NodeKey;
 use crate::store::{NodeRecord, NodeRole};
 

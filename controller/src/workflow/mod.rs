@@ -4,16 +4,18 @@
 //!
 //! * [`state`]: the CKS transition table, which alone decides whether an operation may begin;
 //! * [`step`]: the step interface ([`StepCtx`](step::StepCtx), [`StepError`](step::StepError));
-//! * [`kube`] and [`vms`]: what every step family asks of the agents and of CloudStack;
+//! * [`kube`], [`vms`] and [`rules`]: what every step family asks of the agents and of
+//!   CloudStack, [`rules`] being the network rules on the cluster's public IP and how the
+//!   cluster tells its own from the IP owner's;
 //! * the step families — [`create`], [`delete`], [`power`] (stop, start), [`scale`],
-//!   [`upgrade`] — each built only on the three modules above;
+//!   [`upgrade`] — each built only on the modules above;
 //! * [`engine`]: the owner of every operation, and the only place that maps steps to families.
 //!
 //! Every step is idempotent: it first looks for what an earlier, interrupted run of itself made
-//! (VMs by their pre-chosen names and tags, rules on the cluster's public IP, agent commands by
-//! deterministic ids that the agent journals), and only makes what is missing. So a controller
-//! killed at any point and started again resumes every running workflow from its first
-//! unfinished step, and nothing is made twice.
+//! (VMs by their pre-chosen names and tags, rules on the cluster's public IP by their tags,
+//! agent commands by deterministic ids that the agent journals), and only makes what is
+//! missing. So a controller killed at any point and started again resumes every running
+//! workflow from its first unfinished step, and nothing is made twice.
 //!
 //! ```text
 //!  create:  network → public-ip → firewall → plan-nodes → deploy-nodes → load-balancer
@@ -35,6 +37,7 @@ pub mod delete;
 pub mod engine;
 pub mod kube;
 pub mod power;
+pub mod rules;
 pub mod scale;
 pub mod state;
 pub mod step;
@@ -43,4 +46,4 @@ pub mod vms;
 
 pub use engine::{Engine, JobResults, Operation, StartError, Target};
 pub use kube::{KUBECONFIG_SECRET, REGISTRY_PASSWORD_SECRET};
-pub use vms::{API_PORT, SSH_PORT_BASE};
+pub use rules::{API_PORT, SSH_PORT_BASE};

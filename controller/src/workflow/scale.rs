@@ -22,8 +22,9 @@ use tracing::{info, warn};
 use super::kube::{
     DRAIN_WAIT, drain_command, first_control, join_nodes, send, send_within, uncordon, wait_ready,
 };
+use super::rules::{Ownership, node_rules};
 use super::step::{StepCtx, StepError};
-use super::vms::{deploy_nodes, destroy_vm, detach_iso, node_rules, plan_node};
+use super::vms::{deploy_nodes, destroy_vm, detach_iso, plan_node};
 use crate::agents::NodeKey;
 use crate::cloudstack::types::VmState;
 use crate::store::{NodeRecord, NodeRole, ScaleParams, Step, WorkflowParams};
@@ -269,8 +270,9 @@ async fn remove_node(sc: &mut StepCtx<'_>, node: &NodeRecord) -> Result<(), Step
     if let (Some(vm_id), NodeRole::Control, Some(ip_id)) =
         (&node.vm_id, node.role, &sc.cluster.public_ip_id)
     {
+        let owned = Ownership::of(sc, std::collections::BTreeSet::new())?;
         for rule in sc.ctx.cloud.lb_rules(ip_id).await? {
-            if rule.name.as_deref() != Some("api-lb") {
+            if !owned.load_balancer(&rule) {
                 continue;
             }
             match sc.ctx.cloud.remove_from_lb(&rule.id, &[vm_id]).await {

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use crate::context::Context;
-use crate::store::{ClusterRecord, NodeRecord, Progress, Step, StoreError, WorkflowRecord, now};
+use crate::store::{
+    ClusterRecord, NodeRecord, Progress, Step, StoreError, WorkflowParams, WorkflowRecord, now,
+};
 
 /// How long a step waits before looking again at something still on its way (a node booting,
 /// a VM stopping, nodes not Ready yet).
@@ -105,6 +107,28 @@ impl StepCtx<'_> {
     /// The store failed.
     pub fn save_cluster(&self) -> Result<(), StoreError> {
         self.ctx.store.update_cluster(&self.cluster)
+    }
+
+    /// A crash point inside this step, between two side effects that CloudStack cannot make
+    /// in one call (see [`crate::crashpoint`]): `<operation>:<step>:<point>`, so the crash
+    /// matrix kills each operation's step there once.
+    pub fn crash_point(&self, point: &str) {
+        crate::crashpoint::hit(&format!(
+            "{}:{}:{point}",
+            operation_label(self.workflow),
+            self.step
+        ));
+    }
+}
+
+/// The operation's name in crash points and logs: the kind, and for a scale what it does (a
+/// scale up and a scale down run different steps for real).
+pub fn operation_label(workflow: &WorkflowRecord) -> &'static str {
+    match &workflow.params {
+        WorkflowParams::Scale(p) if !p.remove.is_empty() => "scale-down",
+        WorkflowParams::Scale(p) if p.size.is_some() => "scale-up",
+        WorkflowParams::Scale(_) => "scale-offering",
+        WorkflowParams::None | WorkflowParams::Upgrade(_) => workflow.kind.as_str(),
     }
 }
 

@@ -1,7 +1,10 @@
 //! What every step family does with CloudStack for a cluster's nodes: node names, VMs deployed
-//! with the binaries ISO and started, ISOs attached and detached, the nodes' SSH rules, VMs
-//! destroyed. Every function looks for what an earlier, interrupted run made before it makes
-//! anything, so a step built on them can run again after a crash.
+//! with the binaries ISO and started, ISOs attached and detached, VMs found and destroyed (the
+//! nodes' network rules live in [`super::rules`]). Every function looks for what an earlier,
+//! interrupted run made before it makes anything, so a step built on them can run again after
+//! a crash.
+
+use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
@@ -14,14 +17,6 @@ use crate::settings::{
 };
 use crate::store::{ClusterRecord, NodeRecord, NodeRole};
 use crate::userdata::{NodeBootstrap, TemplateKind};
-
-/// The API server port.
-pub const API_PORT: u16 = 6443;
-/// First public port of the optional SSH port forwards (CKS's 2222 + i).
-pub const SSH_PORT_BASE: u16 = 2222;
-/// How many SSH forwards a cluster may have at most (ports 2222…3221): the range a delete
-/// searches for the forwards it made.
-const SSH_PORT_SPAN: u16 = 1000;
 
 /// The marker in the description of a network the controller made for a cluster.
 pub fn network_marker(cluster_id: &str) -> String {
@@ -259,85 +254,6 @@ pub async fn detach_iso(sc: &StepCtx<'_>, names: &[String]) -> usize {
     detached
 }
 
-/// The public SSH port range for `nodes` nodes (CKS's 2222 … 2222+n-1), when the cluster has a
-/// key pair (its owner's own access; the controller never uses SSH).
-pub fn ssh_ports(cluster: &ClusterRecord, nodes: usize) -> Option<(u16, u16)> {
-    cluster.keypair.as_ref()?;
-    let count = u16::try_from(nodes).ok()?.max(1);
-    Some((SSH_PORT_BASE, SSH_PORT_BASE + count - 1))
-}
-
-/// Makes the nodes' SSH access match the nodes the cluster has now: one firewall rule over
-/// 2222 … 2222+n-1 and node `i` (by ordinal) forwarded from 2222+i to its port 22. Forwards to
-/// VMs that left are removed, missing ones made; nothing is done twice. Only for isolated
-/// networks with a key pair (without one, CKS opens no SSH access either).
-///
-/// # Errors
-/// CloudStack refused something.
-pub async fn node_rules(sc: &StepCtx<'_>) -> Result<String, StepError> {
-    let Some(ip_id) = sc.cluster.public_ip_id.clone() else {
-        return Ok("no public IP: no node rules".into());
-    };
-    let mut nodes: Vec<&NodeRecord> = sc.nodes.iter().filter(|n| n.vm_id.is_some()).collect();
-    nodes.sort_by_key(|n| n.ordinal);
-    let cloud = &sc.ctx.cloud;
-    let network_id = network_id(&sc.cluster)?;
-    let Some((start, end)) = ssh_ports(&sc.cluster, nodes.len()) else {
-        return Ok("no key pair: no SSH access to open".into());
-    };
-    let mut changed = 0;
-    let firewall = cloud.firewall_rules(&ip_id).await?;
-    let mut covered = false;
-    for rule in firewall.iter().filter(|r| r.startport == Some(start)) {
-        if rule.endport == Some(end) {
-            covered = true;
-        } else {
-            cloud.delete_firewall_rule(&rule.id).await?;
-            changed += 1;
-        }
-    }
-    if !covered {
-        cloud.create_firewall_rule(&ip_id, start, end).await?;
-        changed += 1;
-    }
-    let wanted: Vec<(u16, &str)> = nodes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| Some((start + u16::try_from(i).ok()?, n.vm_id.as_deref()?)))
-        .collect();
-    let forwards = cloud.pf_rules(&ip_id).await?;
-    let mut present = Vec::new();
-    for rule in &forwards {
-        let Some(port) = rule.publicport else {
-            continue;
-        };
-        if !(SSH_PORT_BASE..SSH_PORT_BASE + SSH_PORT_SPAN).contains(&port)
-            || rule.privateport != Some(22)
-        {
-            continue;
-        }
-        let vm = rule.virtualmachineid.as_deref().unwrap_or_default();
-        if wanted.contains(&(port, vm)) {
-            present.push(port);
-        } else {
-            cloud.delete_pf_rule(&rule.id).await?;
-            changed += 1;
-        }
-    }
-    for (port, vm) in &wanted {
-        if !present.contains(port) {
-            cloud
-                .create_pf_rule(&ip_id, &network_id, vm, *port, 22)
-                .await?;
-            changed += 1;
-        }
-    }
-    Ok(format!(
-        "SSH {start}-{end} → {} nodes ({changed} rules changed)",
-        wanted.len()
-    ))
-}
-
 /// Destroys and expunges a node's VM if it still exists; true when one was destroyed.
 ///
 /// # Errors
@@ -353,9 +269,25 @@ pub async fn destroy_vm(sc: &StepCtx<'_>, vm_id: &str) -> Result<bool, StepError
     }
 }
 
-/// True when a PF rule is one of the SSH forwards the controller makes (delete uses it).
-pub fn is_ssh_forward(rule: &crate::cloudstack::types::PortForwardingRule) -> bool {
-    rule.publicport
-        .is_some_and(|p| (SSH_PORT_BASE..SSH_PORT_BASE + SSH_PORT_SPAN).contains(&p))
-        && rule.privateport == Some(22)
+/// Every VM of the cluster: recorded on its nodes, tagged with the cluster, or named as one of
+/// its planned nodes (deployed by a run that crashed before recording or tagging it).
+///
+/// # Errors
+/// CloudStack failed.
+pub async fn cluster_vms(sc: &StepCtx<'_>) -> Result<BTreeSet<String>, StepError> {
+    let cloud = &sc.ctx.cloud;
+    let mut ids: BTreeSet<String> = cloud
+        .tagged("UserVm", &sc.cluster.id)
+        .await?
+        .into_iter()
+        .collect();
+    for node in &sc.nodes {
+        if let Some(id) = &node.vm_id {
+            ids.insert(id.clone());
+        }
+        for vm in cloud.vms_named(&sc.cluster.owner, &node.name).await? {
+            ids.insert(vm.id);
+        }
+    }
+    Ok(ids)
 }

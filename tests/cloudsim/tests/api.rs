@@ -230,6 +230,25 @@ async fn overlapping_port_rules_conflict_with_537() {
     );
     let rules = user.ok("listLoadBalancerRules", &[("id", lb_id)]).await;
     assert_eq!(rules["loadbalancerrule"][0]["publicport"], "6443");
+    // Rules are tagged and listed with their tags, as CloudStack does; the tags go with them.
+    user.run(
+        "createTags",
+        &[
+            ("resourceids", lb_id),
+            ("resourcetype", "LoadBalancer"),
+            ("tags[0].key", "cks.cluster"),
+            ("tags[0].value", "c1"),
+        ],
+    )
+    .await;
+    let rules = user.ok("listLoadBalancerRules", &[("id", lb_id)]).await;
+    assert_eq!(
+        rules["loadbalancerrule"][0]["tags"],
+        serde_json::json!([{ "key": "cks.cluster", "value": "c1" }])
+    );
+    user.run("deleteLoadBalancerRule", &[("id", lb_id)]).await;
+    let tags = user.ok("listTags", &[("resourceid", lb_id)]).await;
+    assert_eq!(tags["count"].as_u64().unwrap_or(0), 0, "{tags}");
 }
 
 #[tokio::test]

@@ -549,6 +549,13 @@ fn render_rule(db: &Db, r: &Rule) -> Value {
             "zoneid": ip.map(|ip| ip.zone_id.clone()),
         }),
     };
+    // CloudStack lists each rule with its resource tags, as it does VMs.
+    body["tags"] = db
+        .tags
+        .iter()
+        .filter(|t| t.resource_id == r.id)
+        .map(|t| json!({ "key": t.key, "value": t.value }))
+        .collect();
     owner_fields(db, &r.account_id, &mut body);
     body
 }
@@ -818,6 +825,7 @@ pub(super) fn delete_rule(ctx: &mut Ctx<'_>, kind: RuleKind) -> Result<Outcome, 
     ctx.check_access(&rule.account_id, &id)?;
     if ctx.planned_failure().is_none() {
         ctx.db.rules.retain(|r| r.id != id);
+        ctx.db.tags.retain(|t| t.resource_id != id);
     }
     Ok(ctx.simple_job(
         &rule_cmd(kind, "Delete"),
