@@ -259,6 +259,7 @@ impl Fixture {
             domain_id: network["domainid"].as_str().unwrap().into(),
             domain: "ROOT".into(),
             user_id: sim.user_keys().user_id.clone(),
+            project: None,
         };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         let ctx = Context {
