@@ -107,6 +107,15 @@ pub enum ClusterCommand {
         /// Cluster id
         id: String,
     },
+    /// Show a cluster's history, newest first: each operation, its steps and their outcome
+    /// (why a cluster is in Alert or Error, without reading logs)
+    Events {
+        /// Cluster id
+        id: String,
+        /// How many events to show
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Stop a cluster's node VMs (their disks are kept)
     Stop {
         /// Cluster id
@@ -330,6 +339,35 @@ pub async fn cluster(args: &ClientArgs, command: ClusterCommand) -> Result<()> {
                 .context("the API returned no kubeconfig")?;
             print!("{config}");
             std::io::stdout().flush()?;
+            Ok(())
+        }
+        ClusterCommand::Events { id, limit } => {
+            let limit = limit.clamp(1, 500).to_string();
+            let out = api
+                .call(
+                    "listKubernetesClusterEvents",
+                    &[("id", &id), ("page", "1"), ("pagesize", &limit)],
+                )
+                .await?;
+            let events = out
+                .get("kubernetesclusterevent")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            println!(
+                "{:<24} {:<8} {:<22} {:<10} DESCRIPTION",
+                "TIME", "OPERATION", "STEP", "STATE"
+            );
+            for e in events {
+                println!(
+                    "{:<24} {:<8} {:<22} {:<10} {}",
+                    text(&e, "created"),
+                    text(&e, "operation"),
+                    text(&e, "step"),
+                    text(&e, "state"),
+                    text(&e, "description"),
+                );
+            }
             Ok(())
         }
         ClusterCommand::Stop { id, no_wait } => {

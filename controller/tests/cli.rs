@@ -130,6 +130,13 @@ async fn the_cli_adds_and_lists_versions_and_creates_lists_and_refuses_clusters(
         text(&config)
     );
 
+    // The history names the operation and its first step.
+    let history = cli(&env, &user, &["cluster", "events", &id]).await;
+    assert!(history.status.success(), "{}", text(&history));
+    let history = String::from_utf8_lossy(&history.stdout).into_owned();
+    assert!(history.starts_with("TIME"), "{history}");
+    assert!(history.contains("create began"), "{history}");
+
     // Without the secret in the environment it says what to set, and never takes it as an
     // argument.
     let no_secret = tokio::process::Command::new(env!("CARGO_BIN_EXE_cks-controller"))

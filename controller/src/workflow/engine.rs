@@ -665,9 +665,14 @@ impl Engine {
                 text: self.inner.results.failed(kind, &cluster, reason),
             },
         };
-        workflow.status = match outcome {
+        workflow.status = match &outcome {
             Ok(()) => WorkflowStatus::Succeeded,
-            Err(_) => WorkflowStatus::Failed,
+            Err(reason) => {
+                // The journal keeps why it ended (the cluster's events show it), also when
+                // the failure came without a rollback to set it.
+                workflow.failure = Some(reason.clone());
+                WorkflowStatus::Failed
+            }
         };
         let finished = ctx.store.finish_operation(Finish {
             workflow,

@@ -4,6 +4,7 @@
 
 pub mod clusters;
 pub mod create;
+pub mod events;
 pub mod misc;
 pub mod scale;
 pub mod upgrade;
@@ -116,6 +117,13 @@ pub const KUBERNETES_COMMANDS: &[CommandInfo] = &[
         is_async: true,
         description: "Upgrades a running CloudManaged Kubernetes cluster",
     },
+    // Ours, in CKS's naming: CKS has no history of a cluster's operations.
+    CommandInfo {
+        name: "listKubernetesClusterEvents",
+        admin_only: false,
+        is_async: false,
+        description: "Lists the events of a Kubernetes cluster: its operations and their steps, newest first",
+    },
 ];
 
 /// The command's entry, if it is a Kubernetes command (names are case-insensitive).
@@ -193,6 +201,7 @@ pub async fn dispatch(api: &Api, caller: &Caller, params: &Params) -> Result<Rep
             "deleteKubernetesCluster" => clusters::delete(api, caller, params).await,
             "scaleKubernetesCluster" => scale::scale(api, caller, params).await,
             "upgradeKubernetesCluster" => upgrade::upgrade(api, caller, params).await,
+            "listKubernetesClusterEvents" => events::list(api, caller, params).await,
             _ => Err(ApiError::unknown_command(command, &caller.user_id)),
         };
     }
