@@ -236,10 +236,21 @@ fn cluster_object(
         if let Some(v) = &node.kubernetes_version {
             vm["kubernetesnodeversion"] = json!(v);
         }
+        // The node's health as its agent reports it: stream open, kubelet Ready, the agent's
+        // version, and when it was last heard from.
         let mut agent = json!({
             "connected": status.connected,
             "ready": status.node_ready,
         });
+        if let Some(hello) = &status.hello {
+            agent["version"] = json!(hello.agent_version);
+        }
+        if let Some(seen) = status.last_seen {
+            let ago = i64::try_from(seen.elapsed().as_secs()).unwrap_or(i64::MAX);
+            agent["lastheartbeat"] = json!(crate::store::cloudstack_date(
+                crate::store::now().saturating_sub(ago)
+            ));
+        }
         if let Some(step) = &status.last_step {
             agent["step"] = json!(step.step);
             agent["detail"] = json!(step.detail);

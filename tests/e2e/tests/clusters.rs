@@ -23,6 +23,30 @@ async fn a_cluster_is_created_used_with_kubectl_and_deleted() {
     let cluster = create(&stack, &[("name", "e2e"), ("size", "1")]).await;
     assert_eq!(cluster["state"], "Running", "{cluster:#}");
     assert_eq!(cluster["virtualmachines"].as_array().unwrap().len(), 2);
+    // Each node's health, as its agent reports it (Ready comes with the next heartbeat).
+    let mut shown = cluster.clone();
+    for _ in 0..40 {
+        let all_ready = shown["virtualmachines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|vm| vm["agent"]["ready"] == true);
+        if all_ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        shown = listed(&stack, cluster["id"].as_str().unwrap()).await;
+    }
+    for vm in shown["virtualmachines"].as_array().unwrap() {
+        let agent = &vm["agent"];
+        assert_eq!(agent["connected"], true, "{vm:#}");
+        assert_eq!(agent["ready"], true, "{vm:#}");
+        assert!(!agent["version"].as_str().unwrap().is_empty(), "{vm:#}");
+        assert!(
+            agent["lastheartbeat"].as_str().unwrap().ends_with("+0000"),
+            "{vm:#}"
+        );
+    }
     let endpoint = cluster["endpoint"].as_str().unwrap();
     let ip = cluster["ipaddress"].as_str().unwrap();
     assert_eq!(endpoint, format!("https://{ip}:6443/"));
