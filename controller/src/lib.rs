@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod kubeconfig;
 pub mod listen;
 pub mod pki;
+pub mod reconcile;
 pub mod render;
 pub mod reseal;
 pub mod seal;

@@ -227,6 +227,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     if resumed > 0 {
         info!(resumed, "resumed workflows interrupted by the last stop");
     }
+    // After the resume: clusters with an operation under way are the workflows', not its.
+    let reconciler = crate::reconcile::Reconciler::new(ctx.clone(), crate::reconcile::NODE_GRACE);
+    tasks.push(tokio::spawn(reconciler.run(shutdown.clone())));
     let api = Api {
         ctx: ctx.clone(),
         identity,

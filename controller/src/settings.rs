@@ -84,7 +84,10 @@ pub const WORKER_INSTALL_WAIT: &str = "cloud.kubernetes.worker.node.install.atte
 /// `cloud.kubernetes.worker.node.install.reattempt.count`.
 pub const WORKER_INSTALL_ATTEMPTS: &str = "cloud.kubernetes.worker.node.install.reattempt.count";
 
-/// Every setting the controller answers for, in CKS's order.
+/// `cloud.kubernetes.cluster.reconcile.interval` (ours): seconds between reconciler passes.
+pub const RECONCILE_INTERVAL: &str = "cloud.kubernetes.cluster.reconcile.interval";
+
+/// Every setting the controller answers for, in CKS's order (ours last).
 pub const DEFINITIONS: &[Definition] = &[
     Definition {
         name: SERVICE_ENABLED,
@@ -224,6 +227,16 @@ pub const DEFINITIONS: &[Definition] = &[
         dynamic: true,
         description: "Start port for Port forwarding rules for etcd nodes. No effect here: \
                       dedicated etcd nodes are not served yet",
+    },
+    Definition {
+        name: RECONCILE_INTERVAL,
+        kind: Kind::Integer,
+        default: "60",
+        scope: Scope::Global,
+        dynamic: true,
+        description: "Seconds between two passes of the reconciler, which compares each \
+                      Running or Alert cluster with CloudStack and its agents (not in CKS; at \
+                      least 5)",
     },
 ];
 

@@ -282,7 +282,8 @@ async fn settings_are_listed_updated_and_the_service_can_be_switched_off() {
         .call("listConfigurations", &[("keyword", "cloud.kubernetes")])
         .await
         .unwrap();
-    // Exactly CKS's fifteen settings, each once (and none of CloudStack's own twice).
+    // Exactly CKS's fifteen settings and our reconciler's interval, each once (and none of
+    // CloudStack's own twice).
     let mut names: Vec<&str> = kubernetes["configuration"]
         .as_array()
         .unwrap()
@@ -297,6 +298,7 @@ async fn settings_are_listed_updated_and_the_service_can_be_switched_off() {
             "cloud.kubernetes.cluster.experimental.features.enabled",
             "cloud.kubernetes.cluster.max.size",
             "cloud.kubernetes.cluster.network.offering",
+            "cloud.kubernetes.cluster.reconcile.interval",
             "cloud.kubernetes.cluster.remove.node.timeout",
             "cloud.kubernetes.cluster.scale.timeout",
             "cloud.kubernetes.cluster.start.timeout",
@@ -310,7 +312,7 @@ async fn settings_are_listed_updated_and_the_service_can_be_switched_off() {
             "cloud.kubernetes.worker.node.install.reattempt.count",
         ]
     );
-    assert_eq!(kubernetes["count"], 15);
+    assert_eq!(kubernetes["count"], 16);
 
     api_error(
         env.admin

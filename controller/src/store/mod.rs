@@ -1103,6 +1103,37 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// The write failed.
     fn delete_tokens(&self, cluster_id: &str) -> Result<(), StoreError>;
+
+    // --- events the reconciler records (operations have their step journal) ---
+    /// Records an event of a cluster; a cluster keeps its newest [`MAX_EVENTS`].
+    ///
+    /// # Errors
+    /// The write failed.
+    fn put_event(&self, event: &EventRecord) -> Result<(), StoreError>;
+    /// A cluster's recorded events, oldest first.
+    ///
+    /// # Errors
+    /// The read failed.
+    fn events(&self, cluster_id: &str) -> Result<Vec<EventRecord>, StoreError>;
+}
+
+/// Most reconciler events kept per cluster (the oldest go first).
+pub const MAX_EVENTS: usize = 200;
+
+/// Something the reconciler saw or did to a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// The cluster.
+    pub cluster_id: String,
+    /// When.
+    pub at: UnixTime,
+    /// `Alert` (faults found), `Running` (healthy again), `Repaired` (a repair begun),
+    /// `Failed` (a repair failed).
+    pub state: String,
+    /// `INFO`, `WARN` or `ERROR`.
+    pub level: String,
+    /// For people: which node, what was wrong, what was done.
+    pub description: String,
 }
 
 /// An enrollment token, as stored: its SHA-256 only.

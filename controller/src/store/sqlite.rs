@@ -21,8 +21,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Begin, BeginCluster, ClusterRecord, ClusterState, Finish, JobRecord, NodeRecord, Progress,
-    Store, StoreError, TokenRecord, UnixTime, VersionRecord, WorkflowRecord, WorkflowStatus,
+    Begin, BeginCluster, ClusterRecord, ClusterState, EventRecord, Finish, JobRecord, NodeRecord,
+    Progress, Store, StoreError, TokenRecord, UnixTime, VersionRecord, WorkflowRecord,
+    WorkflowStatus,
 };
 
 /// The schema; `CREATE … IF NOT EXISTS`, so opening an existing store is a no-op.
@@ -49,6 +50,9 @@ CREATE TABLE IF NOT EXISTS secrets (
     PRIMARY KEY (cluster_id, name));
 CREATE TABLE IF NOT EXISTS tokens (
     digest TEXT PRIMARY KEY, cluster_id TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, cluster_id TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_cluster ON events (cluster_id, seq);
 ";
 
 /// Read-only connections beside the writer.
@@ -777,6 +781,39 @@ impl Store for SqliteStore {
         self.write(|conn| conn.execute("DELETE FROM tokens WHERE cluster_id = ?1", [cluster_id]))
             .map_err(query("delete tokens"))?;
         Ok(())
+    }
+
+    fn put_event(&self, event: &EventRecord) -> Result<(), StoreError> {
+        let keep = i64::try_from(super::MAX_EVENTS).unwrap_or(i64::MAX);
+        self.write(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO events (cluster_id, data) VALUES (?1, ?2)",
+                params![event.cluster_id, to_json(event)],
+            )?;
+            tx.execute(
+                "DELETE FROM events WHERE cluster_id = ?1 AND seq NOT IN
+                 (SELECT seq FROM events WHERE cluster_id = ?1 ORDER BY seq DESC LIMIT ?2)",
+                params![event.cluster_id, keep],
+            )?;
+            tx.commit()
+        })
+        .map_err(query("write event"))?;
+        Ok(())
+    }
+
+    fn events(&self, cluster_id: &str) -> Result<Vec<EventRecord>, StoreError> {
+        let rows: Vec<String> = self
+            .read(|conn| {
+                let mut statement =
+                    conn.prepare("SELECT data FROM events WHERE cluster_id = ?1 ORDER BY seq")?;
+                let rows = statement.query_map([cluster_id], |row| row.get(0))?;
+                rows.collect::<Result<Vec<String>, _>>()
+            })
+            .map_err(query("read events"))?;
+        rows.iter()
+            .map(|data| from_json("event", cluster_id, data))
+            .collect()
     }
 }
 

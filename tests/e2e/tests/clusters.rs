@@ -700,3 +700,97 @@ async fn kill_and_restart_in(stack: &mut Stack, id: &str, steps: &[&str]) -> Str
     process.start().unwrap();
     killed_in
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_vm_stopped_behind_the_controllers_back_alerts_the_cluster_and_is_repaired() {
+    let Some((_serial, stack)) = start("reconciler repair").await else {
+        return;
+    };
+    stack
+        .admin
+        .call(
+            "updateConfiguration",
+            &[
+                ("name", "cloud.kubernetes.cluster.reconcile.interval"),
+                ("value", "5"),
+            ],
+        )
+        .await
+        .unwrap();
+    let cluster = create(&stack, &[("name", "healing"), ("size", "1")]).await;
+    let id = cluster["id"].as_str().unwrap().to_string();
+    let worker = cluster["virtualmachines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|vm| vm["iscontrolnode"] == false)
+        .unwrap();
+    let (worker_id, worker_name) = (
+        worker["id"].as_str().unwrap().to_string(),
+        worker["name"].as_str().unwrap().to_string(),
+    );
+
+    // Stopped on CloudStack itself, not through the controller.
+    let keys = stack.sim.admin_keys();
+    let cloudstack =
+        cks_e2e::stack::client(&stack.sim.endpoint(), &keys.api_key, &keys.secret_key).unwrap();
+    let job = cloudstack
+        .submit("stopVirtualMachine", &[("id", &worker_id)])
+        .await
+        .unwrap();
+    cloudstack
+        .wait_job(
+            &job.job_id,
+            tokio::time::Instant::now() + Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+
+    // Within a few intervals: Alert naming the node, the VM started again, and Running again
+    // once the node's agent is back and its kubelet Ready.
+    let reconciled = || async {
+        let events = stack
+            .user
+            .call("listKubernetesClusterEvents", &[("id", &id)])
+            .await
+            .unwrap();
+        events["kubernetesclusterevent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["operation"] == "reconcile")
+            .map(|e| {
+                (
+                    e["state"].as_str().unwrap().to_string(),
+                    e["description"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<(String, String)>>()
+    };
+    let mut shown = listed(&stack, &id).await;
+    let mut events = reconciled().await;
+    for _ in 0..240 {
+        if shown["state"] == "Running" && events.iter().any(|(state, _)| state == "Running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        shown = listed(&stack, &id).await;
+        events = reconciled().await;
+    }
+    let reconciled = events;
+    assert_eq!(shown["state"], "Running", "{shown:#}\n{reconciled:#?}");
+    let states: Vec<&str> = reconciled.iter().map(|(s, _)| s.as_str()).collect();
+    // Newest first.
+    assert_eq!(states, ["Running", "Alert", "Repaired"], "{reconciled:#?}");
+    assert!(
+        reconciled[1].1.contains(&worker_name) && reconciled[1].1.contains("Stopped"),
+        "{reconciled:#?}"
+    );
+    let nodes = kube_nodes(&stack, &id).await;
+    assert!(
+        nodes.iter().all(|(_, ready, _)| *ready) && nodes.len() == 2,
+        "{nodes:?}"
+    );
+    delete_and_check_nothing_is_left(&stack, &id).await;
+    stack.stop().await;
+}

@@ -2,7 +2,9 @@
 //! where it is without reading logs (issue 14). Each operation (create, start, stop, scale,
 //! upgrade, delete) is an event when it begins and when it ends, and each of its steps is one
 //! event with its latest outcome, detail and attempts, all from the workflows' step journal,
-//! the durable record the engine already keeps. Newest first, paged like CloudStack's lists.
+//! the durable record the engine already keeps. What the reconciler saw and did (faults,
+//! repairs, recovery) comes with them as operation `reconcile`. Newest first, paged like
+//! CloudStack's lists.
 
 use serde_json::{Value, json};
 
@@ -32,6 +34,20 @@ pub async fn list(api: &Api, caller: &Caller, params: &Params) -> Result<Reply, 
             let order = events.len();
             events.push((event.0, order, event.1));
         }
+    }
+    for (seq, event) in api.ctx.store.events(&cluster.id)?.into_iter().enumerate() {
+        let item = json!({
+            "id": format!("{}-reconcile-{seq}", cluster.id),
+            "kubernetesclusterid": cluster.id,
+            "kubernetesclustername": cluster.name,
+            "operation": "reconcile",
+            "state": event.state,
+            "level": event.level,
+            "description": event.description,
+            "created": cloudstack_date(event.at),
+        });
+        let order = events.len();
+        events.push((event.at, order, item));
     }
     events.sort_by_key(|e| std::cmp::Reverse((e.0, e.1)));
     let items = events.into_iter().map(|(_, _, event)| event).collect();
