@@ -3,78 +3,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use cloudsim::{SimConfig, SimHandle, Simulator};
-use serde_json::Value;
+use cloudsim::SimHandle;
 
 use super::*;
-use crate::agents::{AgentFuture, Agents, HubError, NodeStatus};
-use crate::cloud::{Cloud, DeployRequest};
-use crate::cloudstack::{ClientConfig, CloudStackClient};
-use crate::context::NodeDefaults;
-use crate::jobs::Jobs;
-use crate::pki::NodeIdentity;
-use crate::seal::Sealer;
-use crate::settings::Settings;
-use crate::store::{NodeRole, Owner, SqliteStore, Store};
-
-/// Agents whose health the test sets: (connected, Ready) per node name; healthy by default.
-#[derive(Default)]
-struct FakeAgents {
-    unwell: Mutex<HashMap<String, (bool, bool)>>,
-}
-
-impl Agents for FakeAgents {
-    fn send_command<'a>(
-        &'a self,
-        node: &'a NodeKey,
-        command: cks_proto::agent::Command,
-        timeout: Duration,
-    ) -> AgentFuture<'a, Result<cks_proto::agent::CommandResult, HubError>> {
-        Box::pin(async move {
-            Err(HubError::Timeout {
-                node: node.to_string(),
-                command_id: command.command_id,
-                timeout,
-            })
-        })
-    }
-
-    fn status(&self, node: &NodeKey) -> NodeStatus {
-        let (connected, node_ready) = self
-            .unwell
-            .lock()
-            .unwrap()
-            .get(&node.node_name)
-            .copied()
-            .unwrap_or((true, true));
-        NodeStatus {
-            connected,
-            node_ready,
-            ..NodeStatus::default()
-        }
-    }
-
-    fn issue_token(&self, _identity: NodeIdentity, _ttl: Duration) -> String {
-        "token".into()
-    }
-
-    fn ca_fingerprint(&self) -> String {
-        "fingerprint".into()
-    }
-
-    fn forget_node(&self, _node: &NodeKey) {}
-
-    fn forget_cluster(&self, _cluster_id: &str) {}
-}
+use crate::cloud::DeployRequest;
+use crate::cloudstack::CloudStackClient;
+use crate::store::{NodeRole, Owner};
+use crate::testkit::{self, QuietAgents, World};
 
 struct Fixture {
     sim: SimHandle,
     ctx: Context,
-    agents: Arc<FakeAgents>,
+    agents: Arc<QuietAgents>,
     admin: CloudStackClient,
     owner: Owner,
     zone_id: String,
@@ -83,92 +26,32 @@ struct Fixture {
     network_id: String,
 }
 
-fn first_id(value: &Value, key: &str) -> String {
-    value[key][0]["id"].as_str().unwrap().to_string()
-}
-
 impl Fixture {
     async fn start() -> Fixture {
-        let sim = Simulator::start(SimConfig::for_tests()).await.unwrap();
-        let keys = sim.admin_keys();
-        let mut config = ClientConfig::new(
-            sim.endpoint(),
-            keys.api_key.clone(),
-            keys.secret_key.clone(),
-        );
-        config.rate_limit = None;
-        config.job_poll.initial_interval = Duration::from_millis(5);
-        config.job_poll.max_interval = Duration::from_millis(50);
-        let admin = CloudStackClient::new(config).unwrap();
-        let zone_id = first_id(&admin.call("listZones", &[]).await.unwrap(), "zone");
-        let template_id = first_id(
-            &admin
-                .call("listTemplates", &[("templatefilter", "executable")])
-                .await
-                .unwrap(),
-            "template",
-        );
-        let offering_id = first_id(
-            &admin.call("listServiceOfferings", &[]).await.unwrap(),
-            "serviceoffering",
-        );
-        let offerings = admin
-            .call(
-                "listNetworkOfferings",
-                &[("name", "DefaultIsolatedNetworkOfferingWithSourceNatService")],
-            )
-            .await
-            .unwrap();
-        let network = admin
-            .call(
-                "createNetwork",
-                &[
-                    ("zoneid", &zone_id),
-                    (
-                        "networkofferingid",
-                        &first_id(&offerings, "networkoffering"),
-                    ),
-                    ("name", "nodes"),
-                    ("displaytext", "nodes"),
-                ],
-            )
-            .await
-            .unwrap();
-        let network = &network["network"];
+        let world = World::start().await;
+        let network = world.network(&world.admin, "nodes").await;
         let owner = Owner {
             account: network["account"].as_str().unwrap().into(),
             account_id: "admin".into(),
             domain_id: network["domainid"].as_str().unwrap().into(),
             domain: "ROOT".into(),
-            user_id: keys.user_id.clone(),
+            user_id: world.sim.admin_keys().user_id.clone(),
             project: None,
         };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-        let agents = Arc::new(FakeAgents::default());
-        let ctx = Context {
-            store: store.clone(),
-            settings: Settings::new(store.clone()),
-            cloud: Cloud::new(admin.clone()),
-            agents: agents.clone(),
-            sealer: Arc::new(Sealer::ephemeral()),
-            jobs: Jobs::new(store),
-            nodes: NodeDefaults {
-                agent_addresses: vec!["127.0.0.1:8091".into()],
-                template: "t".into(),
-                enrollment_ttl: Duration::from_secs(3600),
-                pod_cidr: "10.244.0.0/16".into(),
-                service_cidr: "10.96.0.0/12".into(),
-            },
-        };
+        let agents = Arc::new(QuietAgents {
+            healthy_by_default: true,
+            ..QuietAgents::default()
+        });
+        let ctx = testkit::context(testkit::store(), world.admin.clone(), agents.clone());
         Fixture {
-            sim,
+            sim: world.sim,
             ctx,
             agents,
-            admin,
+            admin: world.admin,
             owner,
-            zone_id,
-            template_id,
-            offering_id,
+            zone_id: world.zone_id,
+            template_id: world.template_id,
+            offering_id: world.offering_id,
             network_id: network["id"].as_str().unwrap().into(),
         }
     }
@@ -306,7 +189,7 @@ async fn an_unwell_agent_counts_after_its_grace_and_an_operations_alert_is_left_
     f.cluster("c1").await;
     f.cluster("c2").await;
     f.agents
-        .unwell
+        .health
         .lock()
         .unwrap()
         .insert("c1-node-0".into(), (false, false));
@@ -323,14 +206,14 @@ async fn an_unwell_agent_counts_after_its_grace_and_an_operations_alert_is_left_
     );
     // Connected but not Ready: the cause is kept up to date.
     f.agents
-        .unwell
+        .health
         .lock()
         .unwrap()
         .insert("c1-node-0".into(), (true, false));
     reconciler.pass().await.unwrap();
     let failure = f.cluster_now("c1").failure.unwrap();
     assert!(failure.contains("its kubelet is not Ready"), "{failure}");
-    f.agents.unwell.lock().unwrap().clear();
+    f.agents.health.lock().unwrap().clear();
     assert_eq!(reconciler.pass().await.unwrap().recovered, ["c1"]);
 
     // An Alert a failed operation left is the operator's: healthy nodes do not clear it.

@@ -16,13 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::agents::{AgentFuture, Agents, HubError, NodeKey, NodeStatus};
-use crate::cloud::Cloud;
 use crate::cloudstack::{ClientConfig, CloudStackClient};
-use crate::context::NodeDefaults;
-use crate::jobs::Jobs;
 use crate::pki::NodeIdentity;
-use crate::seal::Sealer;
-use crate::settings::{Settings, UPGRADE_RETRIES};
+use crate::settings::UPGRADE_RETRIES;
 use crate::store::{JobStatus, NodeRole, SqliteStore, StepRecord, Store, UpgradeParams};
 
 /// How the scripted agents answer.
@@ -204,21 +200,7 @@ fn fixture(script: Script) -> Fixture {
     let client =
         CloudStackClient::new(ClientConfig::new("http://127.0.0.1:9/client/api", "k", "s"))
             .unwrap();
-    let ctx = Context {
-        store: store.clone(),
-        settings: Settings::new(store.clone()),
-        cloud: Cloud::new(client),
-        agents: agents.clone(),
-        sealer: Arc::new(Sealer::ephemeral()),
-        jobs: Jobs::new(store),
-        nodes: NodeDefaults {
-            agent_addresses: vec!["127.0.0.1:8091".into()],
-            template: "t".into(),
-            enrollment_ttl: Duration::from_secs(3600),
-            pod_cidr: "10.244.0.0/16".into(),
-            service_cidr: "10.96.0.0/12".into(),
-        },
-    };
+    let ctx = crate::testkit::context(store, client, agents.clone());
     Fixture { ctx, agents }
 }
 

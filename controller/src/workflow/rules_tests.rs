@@ -7,23 +7,18 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cloudsim::SimHandle;
 use cloudsim::faults::{FaultConfig, FaultRule};
-use cloudsim::{SimConfig, SimHandle, Simulator};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::agents::{AgentFuture, Agents, HubError, NodeKey, NodeStatus};
-use crate::cloud::{Cloud, DeployRequest};
-use crate::cloudstack::{ClientConfig, CloudStackClient};
-use crate::context::{Context, NodeDefaults};
-use crate::jobs::Jobs;
-use crate::pki::NodeIdentity;
-use crate::seal::Sealer;
-use crate::settings::Settings;
+use crate::cloud::DeployRequest;
+use crate::cloudstack::CloudStackClient;
+use crate::context::Context;
 use crate::store::{
-    ClusterState, NodeRole, Owner, SqliteStore, StepRecord, Store, WorkflowParams, WorkflowStatus,
-    now,
+    ClusterState, NodeRole, Owner, StepRecord, WorkflowParams, WorkflowStatus, now,
 };
+use crate::testkit::{self, QuietAgents, World};
 use crate::workflow::step::StepCtx;
 use crate::workflow::{create, delete, scale};
 
@@ -148,42 +143,6 @@ fn an_untagged_forward_or_load_balancer_is_the_clusters_only_in_its_exact_shape(
 
 // === the steps against the simulator ===
 
-/// Agents that never answer: the rule steps do not talk to nodes.
-struct NoAgents;
-
-impl Agents for NoAgents {
-    fn send_command<'a>(
-        &'a self,
-        node: &'a NodeKey,
-        command: cks_proto::agent::Command,
-        timeout: Duration,
-    ) -> AgentFuture<'a, Result<cks_proto::agent::CommandResult, HubError>> {
-        Box::pin(async move {
-            Err(HubError::Timeout {
-                node: node.to_string(),
-                command_id: command.command_id,
-                timeout,
-            })
-        })
-    }
-
-    fn status(&self, _node: &NodeKey) -> NodeStatus {
-        NodeStatus::default()
-    }
-
-    fn issue_token(&self, _identity: NodeIdentity, _ttl: Duration) -> String {
-        "token".into()
-    }
-
-    fn ca_fingerprint(&self) -> String {
-        "fingerprint".into()
-    }
-
-    fn forget_node(&self, _node: &NodeKey) {}
-
-    fn forget_cluster(&self, _cluster_id: &str) {}
-}
-
 /// A cluster on a network of the user's (the IP's owner), its public IP the network's source
 /// NAT address, with node VMs deployed; the controller's view (admin keys) and the owner's.
 struct Fixture {
@@ -199,60 +158,19 @@ struct Fixture {
     ip_id: String,
 }
 
-fn client(endpoint: &str, keys: &cloudsim::Keys) -> CloudStackClient {
-    let mut config = ClientConfig::new(endpoint, keys.api_key.clone(), keys.secret_key.clone());
-    config.rate_limit = None;
-    // The simulator's jobs take 20 ms: poll them at that pace.
-    config.job_poll.initial_interval = Duration::from_millis(5);
-    config.job_poll.max_interval = Duration::from_millis(50);
-    CloudStackClient::new(config).unwrap()
-}
-
-fn first_id(value: &Value, key: &str) -> String {
-    value[key][0]["id"].as_str().unwrap().to_string()
-}
-
 impl Fixture {
     async fn start() -> Fixture {
-        let sim = Simulator::start(SimConfig::for_tests()).await.unwrap();
-        let endpoint = sim.endpoint();
-        let admin = client(&endpoint, sim.admin_keys());
-        let owner = client(&endpoint, sim.user_keys());
-        let zone_id = first_id(&owner.call("listZones", &[]).await.unwrap(), "zone");
-        let template_id = first_id(
-            &owner
-                .call("listTemplates", &[("templatefilter", "executable")])
-                .await
-                .unwrap(),
-            "template",
-        );
-        let offering_id = first_id(
-            &owner.call("listServiceOfferings", &[]).await.unwrap(),
-            "serviceoffering",
-        );
-        let offerings = owner
-            .call(
-                "listNetworkOfferings",
-                &[("name", "DefaultIsolatedNetworkOfferingWithSourceNatService")],
-            )
-            .await
-            .unwrap();
-        let network = owner
-            .call(
-                "createNetwork",
-                &[
-                    ("zoneid", &zone_id),
-                    (
-                        "networkofferingid",
-                        &first_id(&offerings, "networkoffering"),
-                    ),
-                    ("name", "owners-network"),
-                    ("displaytext", "the owner's own network"),
-                ],
-            )
-            .await
-            .unwrap();
-        let network = &network["network"];
+        let world = World::start().await;
+        let owner = testkit::sim_client(&world.sim.endpoint(), world.sim.user_keys());
+        let network = world.network(&owner, "owners-network").await;
+        let World {
+            sim,
+            admin,
+            zone_id,
+            template_id,
+            offering_id,
+        } = world;
+        let network = &network;
         let owner_record = Owner {
             account: network["account"].as_str().unwrap().into(),
             account_id: "owner".into(),
@@ -261,22 +179,7 @@ impl Fixture {
             user_id: sim.user_keys().user_id.clone(),
             project: None,
         };
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-        let ctx = Context {
-            store: store.clone(),
-            settings: Settings::new(store.clone()),
-            cloud: Cloud::new(admin),
-            agents: Arc::new(NoAgents),
-            sealer: Arc::new(Sealer::ephemeral()),
-            jobs: Jobs::new(store),
-            nodes: NodeDefaults {
-                agent_addresses: vec!["127.0.0.1:8091".into()],
-                template: "t".into(),
-                enrollment_ttl: Duration::from_secs(3600),
-                pod_cidr: "10.244.0.0/16".into(),
-                service_cidr: "10.96.0.0/12".into(),
-            },
-        };
+        let ctx = testkit::context(testkit::store(), admin, Arc::new(QuietAgents::default()));
         let mut f = Fixture {
             sim,
             ctx,
