@@ -31,6 +31,9 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Cloud {
     client: CloudStackClient,
     job_timeout: Duration,
+    /// The project whose resources the listings by IP, network or tag are about: CloudStack
+    /// lists a project's resources only when asked with its `projectid`.
+    project: Option<String>,
 }
 
 /// What a node VM is deployed with.
@@ -72,6 +75,7 @@ impl Cloud {
         Cloud {
             client,
             job_timeout: DEFAULT_JOB_TIMEOUT,
+            project: None,
         }
     }
 
@@ -82,7 +86,27 @@ impl Cloud {
         Cloud {
             client: self.client.with_keys(&caller.api_key, &caller.secret_key),
             job_timeout: self.job_timeout,
+            project: self.project.clone(),
         }
+    }
+
+    /// The same, its listings of public IPs, rules and tags scoped to `owner`: a project's
+    /// cluster's resources are listed with the project's id (without it CloudStack leaves
+    /// them out), an account's as before.
+    pub fn for_owner(&self, owner: &Owner) -> Self {
+        Cloud {
+            client: self.client.clone(),
+            job_timeout: self.job_timeout,
+            project: owner.project.as_ref().map(|p| p.id.clone()),
+        }
+    }
+
+    /// `params` with the owner's project, when the resources listed are a project's.
+    fn scoped<'a>(&'a self, mut params: Vec<(&'a str, &'a str)>) -> Vec<(&'a str, &'a str)> {
+        if let Some(project) = &self.project {
+            params.push(("projectid", project));
+        }
+        params
     }
 
     /// The client (for the API endpoint's proxy and identity lookups).
@@ -285,10 +309,10 @@ impl Cloud {
         network_id: &str,
     ) -> Result<Vec<PublicIpAddress>, CloudStackError> {
         self.client
-            .list_all::<PublicIpAddress>(&[
+            .list_all::<PublicIpAddress>(&self.scoped(vec![
                 ("associatednetworkid", network_id),
                 ("listall", "true"),
-            ])
+            ]))
             .await
     }
 
@@ -313,7 +337,9 @@ impl Cloud {
     /// CloudStack failed.
     pub async fn firewall_rules(&self, ip_id: &str) -> Result<Vec<FirewallRule>, CloudStackError> {
         self.client
-            .list_all::<FirewallRule>(&[("ipaddressid", ip_id), ("listall", "true")])
+            .list_all::<FirewallRule>(
+                &self.scoped(vec![("ipaddressid", ip_id), ("listall", "true")]),
+            )
             .await
     }
 
@@ -360,7 +386,9 @@ impl Cloud {
     /// CloudStack failed.
     pub async fn lb_rules(&self, ip_id: &str) -> Result<Vec<LoadBalancerRule>, CloudStackError> {
         self.client
-            .list_all::<LoadBalancerRule>(&[("publicipid", ip_id), ("listall", "true")])
+            .list_all::<LoadBalancerRule>(
+                &self.scoped(vec![("publicipid", ip_id), ("listall", "true")]),
+            )
             .await
     }
 
@@ -430,7 +458,9 @@ impl Cloud {
     /// CloudStack failed.
     pub async fn pf_rules(&self, ip_id: &str) -> Result<Vec<PortForwardingRule>, CloudStackError> {
         self.client
-            .list_all::<PortForwardingRule>(&[("ipaddressid", ip_id), ("listall", "true")])
+            .list_all::<PortForwardingRule>(
+                &self.scoped(vec![("ipaddressid", ip_id), ("listall", "true")]),
+            )
             .await
     }
 
@@ -511,12 +541,12 @@ impl Cloud {
             .client
             .list(
                 "listTags",
-                &[
+                &self.scoped(vec![
                     ("resourcetype", resource_type),
                     ("key", CLUSTER_TAG),
                     ("value", cluster_id),
                     ("listall", "true"),
-                ],
+                ]),
                 "tag",
             )
             .await?;

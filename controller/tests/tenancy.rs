@@ -334,3 +334,143 @@ async fn a_projects_cluster_belongs_to_the_project_and_is_seen_by_its_members_on
     assert!(listed(&member, &[("projectid", &project)]).await.is_empty());
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_projects_cluster_on_the_projects_network_finds_and_removes_its_own_rules() {
+    let env = Env::start().await;
+    let version = env.add_version("1.33.1", &[]).await;
+    let version = version["id"].as_str().unwrap();
+    let root = env
+        .admin
+        .call("listDomains", &[("name", "ROOT")])
+        .await
+        .unwrap();
+    let root = root["domain"][0]["id"].as_str().unwrap().to_owned();
+    let _member = account(&env, "bob", "0", &root).await;
+    let project = project(&env, "bob").await;
+    let (zone, offering, _) = env.zone_and_offerings().await;
+
+    // The project's own network, its source NAT address up with a VM of the project's.
+    let offerings = env
+        .user
+        .call(
+            "listNetworkOfferings",
+            &[("name", "DefaultIsolatedNetworkOfferingWithSourceNatService")],
+        )
+        .await
+        .unwrap();
+    let network = env
+        .user
+        .call(
+            "createNetwork",
+            &[
+                ("zoneid", zone.as_str()),
+                (
+                    "networkofferingid",
+                    offerings["networkoffering"][0]["id"].as_str().unwrap(),
+                ),
+                ("name", "shop-net"),
+                ("displaytext", "the shop's network"),
+                ("projectid", project.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    let network = network["network"]["id"].as_str().unwrap().to_owned();
+    let templates = env
+        .user
+        .call("listTemplates", &[("templatefilter", "executable")])
+        .await
+        .unwrap();
+    let vm = env
+        .user
+        .submit(
+            "deployVirtualMachine",
+            &[
+                ("zoneid", zone.as_str()),
+                ("serviceofferingid", offering.as_str()),
+                (
+                    "templateid",
+                    templates["template"][0]["id"].as_str().unwrap(),
+                ),
+                ("networkids", network.as_str()),
+                ("projectid", project.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    env.wait_job(&env.user, &vm.job_id).await.unwrap();
+
+    let made = env
+        .user
+        .submit(
+            "createKubernetesCluster",
+            &[
+                ("name", "shop-k8s"),
+                ("zoneid", zone.as_str()),
+                ("kubernetesversionid", version),
+                ("serviceofferingid", offering.as_str()),
+                ("size", "1"),
+                ("networkid", network.as_str()),
+                ("projectid", project.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    let cluster = made.id.unwrap();
+    // Its rules are made once its nodes are deployed (it then waits for agents that never
+    // come here).
+    let mut balanced = false;
+    for _ in 0..600 {
+        let events = env
+            .user
+            .call("listKubernetesClusterEvents", &[("id", &cluster)])
+            .await
+            .unwrap();
+        balanced = events["kubernetesclusterevent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["step"] == "load-balancer" && e["state"] == "Completed");
+        if balanced {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(balanced, "the create never made its load balancer rule");
+    let ip = env
+        .user
+        .call(
+            "listKubernetesClusters",
+            &[("id", &cluster), ("projectid", &project)],
+        )
+        .await
+        .unwrap();
+    let ip = ip["kubernetescluster"][0]["ipaddressid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rules_on_ip = || {
+        env.sim
+            .snapshot()
+            .rules
+            .iter()
+            .filter(|r| r.ip_id == ip)
+            .count()
+    };
+    assert!(
+        rules_on_ip() >= 2,
+        "the API's firewall and load balancer rules"
+    );
+
+    // The delete finds them as the project's and removes them; the network stays.
+    let job = env
+        .user
+        .submit("deleteKubernetesCluster", &[("id", &cluster)])
+        .await
+        .unwrap();
+    env.wait_job(&env.user, &job.job_id).await.unwrap();
+    assert_eq!(rules_on_ip(), 0, "{:#?}", env.sim.snapshot().rules);
+    assert!(env.sim.snapshot().networks.iter().any(|n| n.id == network));
+    env.stop().await;
+}

@@ -109,14 +109,15 @@ impl CloudSources {
                     Some(vpc) => ("vpcid", vpc.as_str()),
                     None => ("associatednetworkid", network.id.as_str()),
                 };
+                let mut params = vec![scope, ("issourcenat", "true"), ("listall", "true")];
+                // A project's address is listed only with its project.
+                if let Some(project) = &network.projectid {
+                    params.push(("projectid", project.as_str()));
+                }
                 public_ips.extend(
                     self.cloud
                         .client()
-                        .list_all::<PublicIpAddress>(&[
-                            scope,
-                            ("issourcenat", "true"),
-                            ("listall", "true"),
-                        ])
+                        .list_all::<PublicIpAddress>(&params)
                         .await
                         .map_err(cloudstack)?,
                 );

@@ -540,8 +540,13 @@ impl Engine {
                 }
             };
             let snapshot = workflow.clone();
+            // A project's cluster: its IPs, rules and tags are listed as the project's.
+            let scoped = Context {
+                cloud: self.ctx().cloud.for_owner(&cluster.owner),
+                ..self.ctx().clone()
+            };
             let mut sc = StepCtx {
-                ctx: self.ctx(),
+                ctx: &scoped,
                 workflow: &snapshot,
                 step,
                 cluster,
