@@ -209,6 +209,16 @@ async fn domain_admins_manage_their_domain_tree_and_nothing_else() {
     env.stop().await;
 }
 
+/// ROOT's id.
+async fn root_domain(env: &Env) -> String {
+    let root = env
+        .admin
+        .call("listDomains", &[("name", "ROOT")])
+        .await
+        .unwrap();
+    root["domain"][0]["id"].as_str().unwrap().to_owned()
+}
+
 /// A project made by the seeded user, with `member` added; returns its id.
 async fn project(env: &Env, member: &str) -> String {
     let made = env
@@ -238,12 +248,7 @@ async fn a_projects_cluster_belongs_to_the_project_and_is_seen_by_its_members_on
     let env = Env::start().await;
     let version = env.add_version("1.33.1", &[]).await;
     let version = version["id"].as_str().unwrap();
-    let root = env
-        .admin
-        .call("listDomains", &[("name", "ROOT")])
-        .await
-        .unwrap();
-    let root = root["domain"][0]["id"].as_str().unwrap().to_owned();
+    let root = root_domain(&env).await;
     let member = account(&env, "bob", "0", &root).await;
     let stranger = account(&env, "carol", "0", &root).await;
     let project = project(&env, "bob").await;
@@ -340,12 +345,7 @@ async fn a_projects_cluster_on_the_projects_network_finds_and_removes_its_own_ru
     let env = Env::start().await;
     let version = env.add_version("1.33.1", &[]).await;
     let version = version["id"].as_str().unwrap();
-    let root = env
-        .admin
-        .call("listDomains", &[("name", "ROOT")])
-        .await
-        .unwrap();
-    let root = root["domain"][0]["id"].as_str().unwrap().to_owned();
+    let root = root_domain(&env).await;
     let _member = account(&env, "bob", "0", &root).await;
     let project = project(&env, "bob").await;
     let (zone, offering, _) = env.zone_and_offerings().await;
